@@ -1,0 +1,103 @@
+"""CompressionConfig: which method, how much of the prompt to keep, and the method's knobs.
+
+One object describes a compression run completely, so it can be written next to results (YAML/JSON)
+and read back to reproduce them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS: tuple[str, ...] = ("full", "snapkv", "pyramidkv", "vlcache", "gui_kv", "streamingllm", "random")
+"""Every method name `compress` and `select_tokens` accept."""
+
+POOLINGS = ("avgpool", "maxpool")
+HEAD_AGGREGATIONS = ("mean", "max")
+SUBSPACES = ("qr", "svd")
+
+
+def _fail(field: str, value: object, expected: str) -> None:
+    raise ValueError(f"CompressionConfig.{field}={value!r} is invalid: expected {expected}")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """A KV-cache compression setting.
+
+    `budget` is the percentage of the prompt's tokens (text and image) kept per layer, the
+    observation window included; the defaults are the paper's (window 8, avg-pool kernel 5,
+    alpha 2, temperature 3.5, rank 32). Every field is validated on construction: a bad value
+    raises `ValueError` naming the field and the allowed values.
+    """
+
+    method: str = "gui_kv"
+    budget: float = 10.0
+    window_size: int = 8
+    kernel_size: int = 5
+    pooling: str = "avgpool"
+    head_aggregation: str = "mean"
+    alpha: float = 2.0
+    temperature: float = 3.5
+    rank: int = 32
+    subspace: str = "qr"
+    pyramid_beta: int = 20
+    sparsity_threshold: float = 0.01
+    sink_tokens: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            _fail("method", self.method, f"one of {', '.join(METHODS)}")
+        if not isinstance(self.budget, int | float) or not 0 < self.budget <= 100:
+            _fail("budget", self.budget, "a percentage in (0, 100]")
+        if not isinstance(self.window_size, int) or self.window_size < 1:
+            _fail("window_size", self.window_size, "an integer >= 1")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            _fail("kernel_size", self.kernel_size, "an odd integer >= 1")
+        if self.pooling not in POOLINGS:
+            _fail("pooling", self.pooling, f"one of {', '.join(POOLINGS)}")
+        if self.head_aggregation not in HEAD_AGGREGATIONS:
+            _fail("head_aggregation", self.head_aggregation, f"one of {', '.join(HEAD_AGGREGATIONS)}")
+        if self.alpha < 0:
+            _fail("alpha", self.alpha, "a number >= 0")
+        if self.temperature <= 0:
+            _fail("temperature", self.temperature, "a number > 0")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            _fail("rank", self.rank, "an integer >= 1")
+        if self.subspace not in SUBSPACES:
+            _fail("subspace", self.subspace, f"one of {', '.join(SUBSPACES)}")
+        if not isinstance(self.pyramid_beta, int) or self.pyramid_beta < 1:
+            _fail("pyramid_beta", self.pyramid_beta, "an integer >= 1")
+        if not 0 < self.sparsity_threshold < 1:
+            _fail("sparsity_threshold", self.sparsity_threshold, "a number in (0, 1)")
+        if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
+            _fail("sink_tokens", self.sink_tokens, "an integer >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dictionary (for JSON/YAML and run-directory names)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        """Build from a dictionary; an unknown key is a `ValueError` naming it and the known keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CompressionConfig key(s) {unknown}: expected some of {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CompressionConfig:
+        """Read a YAML mapping of config fields."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of CompressionConfig fields")
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the config as YAML, readable by `from_yaml`."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
