@@ -32,7 +32,8 @@ from guikv.models.adapters import adapter_for
 
 @dataclass
 class PrefillRecord:
-    """What one prefill kept: prompt length, kept tokens per layer, KV bytes and scoring time."""
+    """What one prefill kept: prompt length, kept tokens per layer, KV bytes and scoring time
+    (and, for VL-Cache, the attention sparsity it measured in each layer)."""
 
     prompt_tokens: int
     num_images: int
@@ -41,6 +42,7 @@ class PrefillRecord:
     kv_bytes_kept: int = 0
     scoring_seconds: float = 0.0
     kept_positions: list[torch.Tensor] = field(default_factory=list)
+    layer_sparsity: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -201,9 +203,9 @@ class _Hooks:
     def _cut_all_pending(self, cache: Any) -> None:
         """VL-Cache: every layer has been scored; allocate budgets and cut them all."""
         first = self.pending[0][1]
-        budgets = allocate_budgets(
-            [stats.layer_sparsity for _, _, stats in self.pending], first.capacity, first.length
-        )
+        sparsities = [stats.layer_sparsity for _, _, stats in self.pending]
+        self.report.prefills[-1].layer_sparsity = sparsities
+        budgets = allocate_budgets(sparsities, first.capacity, first.length)
         for (layer_idx, ctx, stats), budget in zip(self.pending, budgets, strict=True):
             self._cut(cache, layer_idx, self.method.select_with_budget(ctx, budget, stats))
         self.pending.clear()

@@ -86,22 +86,17 @@ def allocate_budgets(sparsities: list[float], capacity: int, length: int) -> lis
     density = torch.tensor([1.0 - s for s in sparsities], dtype=torch.float64).clamp(min=0)
     weights = density / density.sum() if density.sum() > 0 else torch.full_like(density, 1 / layers)
     weights = weights.clamp(0.001, 1.0)
-    budgets = torch.zeros(layers, dtype=torch.float64)
-    free = torch.ones(layers, dtype=torch.bool)
-    remaining = float(total)
-    while free.any():
-        share = remaining * weights / weights[free].sum()
-        over = free & ((share > length) | (share < 1))
-        if not over.any():
-            budgets[free] = share[free]
-            break
-        budgets[over] = share[over].clamp(1, length)
-        remaining -= float(budgets[over].sum())
-        free &= ~over
-    floors = budgets.floor()
-    shortfall = round(total - float(floors.sum()))
-    room = floors < length
-    order = sorted(range(layers), key=lambda i: (-(budgets[i] - floors[i]).item(), i))
-    for i in [i for i in order if room[i]][:shortfall]:
-        floors[i] += 1
-    return [int(b) for b in floors]
+    low, high = 0.0, length / float(weights.min())
+    for _ in range(200):
+        middle = (low + high) / 2
+        if float((middle * weights).clamp(1, length).sum()) < total:
+            low = middle
+        else:
+            high = middle
+    shares = (high * weights).clamp(1, length)
+    budgets = shares.floor()
+    remainders = (shares - budgets).tolist()
+    order = sorted((i for i in range(layers) if budgets[i] < length), key=lambda i: (-remainders[i], i))
+    for i in order[: total - int(budgets.sum())]:
+        budgets[i] += 1
+    return [int(b) for b in budgets]

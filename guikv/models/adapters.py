@@ -3,10 +3,14 @@ stand for image patches. A registry keyed by `config.model_type`; everything els
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from transformers import PretrainedConfig
+
+from guikv.models.inputs import Message, qwen_inputs
 
 
 @dataclass(frozen=True)
@@ -14,12 +18,14 @@ class ModelAdapter:
     """How to reach one family's language-model decoder layers and image placeholder tokens.
 
     `layers_path` is the dotted attribute path from the top-level model to the decoder layer list;
-    `image_token_attrs` the config attributes holding image placeholder token ids.
+    `image_token_attrs` the config attributes holding image placeholder token ids;
+    `build_inputs(processor, messages)` turns chat messages into the model's generate() inputs.
     """
 
     family: str
     layers_path: str
     image_token_attrs: tuple[str, ...]
+    build_inputs: Callable[[Any, Sequence[Message]], Any] = qwen_inputs
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The language model's decoder layers, in order."""

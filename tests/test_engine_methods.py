@@ -1,0 +1,284 @@
+"""The methods on small hand-checkable tensors, against the spec's per-head algorithm."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from guikv import METHODS, CompressionConfig, TokenLayout, select_tokens
+from guikv.methods.gui_kv import projection_residuals, redundant_positions, spatial_saliency
+from guikv.methods.vlcache import allocate_budgets
+
+
+def random_layer(
+    seed: int = 0,
+    heads: int = 4,
+    kv_heads: int = 2,
+    length: int = 120,
+    dim: int = 16,
+    window: int = 8,
+    hidden: int = 24,
+):
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.randn(1, heads, window, dim, generator=generator)
+    keys = torch.randn(1, kv_heads, length, dim, generator=generator)
+    states = torch.randn(1, length, hidden, generator=generator)
+    return queries, keys, states
+
+
+def spec_gui_kv(q, k, x, spans, capacity, window=8, alpha=2.0, temperature=3.5, rank=32, kernel=5):
+    """The spec's GUI-KV (method.md §1), per query head with Python loops, no GQA."""
+    _, heads, _, dim = q.shape
+    length = k.shape[2]
+    logits = q.float() @ k.float().transpose(2, 3) / math.sqrt(dim)
+    mask = torch.zeros(window, length)
+    mask[:, length - window :] = torch.full((window, window), float("-inf")).triu(1)
+    attn = torch.softmax(logits + mask, dim=-1)
+    a = attn[..., : length - window].sum(dim=2)
+    a = F.avg_pool1d(a, kernel_size=kernel, padding=kernel // 2, stride=1)
+    s_m, e_m = spans[-1]
+    norms = x[0, s_m:e_m].norm(dim=-1)
+    z = (norms - norms.mean()) / (norms.std() + 1e-8)
+    a[0, :, s_m:e_m] += alpha * torch.softmax(z / temperature, dim=0)
+    if len(spans) > 1:
+        for h in range(heads):
+            current = k[0, h, s_m:e_m].float()
+            basis, _ = torch.linalg.qr(current.T, mode="reduced")
+            basis = basis[:, : min(rank, current.shape[0], dim)]
+            rhos, positions = [], []
+            for s, e in spans[:-1]:
+                previous = k[0, h, s:e].float()
+                rhos.append((previous - previous @ basis @ basis.T).norm(dim=-1))
+                positions.append(torch.arange(s, e))
+            rho, pos = torch.cat(rhos), torch.cat(positions)
+            zeroed = int((1 - capacity / length) * pos.numel())
+            a[0, h, pos[rho.argsort()[:zeroed]]] = 0
+    top = a.topk(capacity - window, dim=-1).indices.sort(dim=-1).values
+    return torch.cat([top, torch.arange(length - window, length).expand(1, heads, window)], dim=-1)
+
+
+def test_gui_kv_without_gqa_equals_the_spec_per_head_algorithm():
+    q, k, x = random_layer(seed=1, heads=4, kv_heads=4, length=150)
+    spans = [(5, 45), (50, 90), (95, 135)]
+    for capacity in (20, 40, 75):
+        ours = select_tokens(
+            "gui_kv",
+            queries=q,
+            keys=k,
+            hidden_states=x,
+            image_spans=spans,
+            capacity=capacity,
+            alpha=2.0,
+            temperature=3.5,
+            window_size=8,
+            rank=4,
+        )
+        assert torch.equal(ours, spec_gui_kv(q, k, x, spans, capacity, rank=4))
+
+
+def test_gui_kv_with_alpha_zero_and_one_screenshot_is_snapkv():
+    q, k, x = random_layer(seed=2)
+    spans = [(10, 100)]
+    for aggregation in ("mean", "max"):
+        gui = select_tokens(
+            "gui_kv",
+            queries=q,
+            keys=k,
+            hidden_states=x,
+            image_spans=spans,
+            capacity=30,
+            alpha=0.0,
+            head_aggregation=aggregation,
+        )
+        snap = select_tokens("snapkv", queries=q, keys=k, capacity=30, head_aggregation=aggregation)
+        assert torch.equal(gui, snap)
+
+
+def test_saliency_is_a_softmax_of_standardised_hidden_norms():
+    states = torch.zeros(1, 6, 2)
+    states[0, 1:5, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    p = spatial_saliency(states, (1, 5), temperature=2.0)
+    z = torch.tensor([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(5 / 3)
+    expected = torch.softmax(z / 2.0, dim=0)
+    assert torch.allclose(p[0], expected, atol=1e-6)
+    assert p.sum().item() == pytest.approx(1.0)
+
+
+def test_temporal_redundancy_zeroes_the_earlier_tokens_the_current_screen_explains():
+    """Current keys span e0, e1; earlier tokens at 0..5 lie in that plane (redundant) or off it."""
+    dim = 4
+    keys = torch.zeros(1, 1, 20, dim)
+    keys[0, 0, 10:14] = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [1.0, 1.0, 0, 0], [2.0, -1.0, 0, 0]])
+    keys[0, 0, 0:6] = torch.tensor(
+        [
+            [3.0, 1.0, 0, 0],  # in plane: residual 0
+            [0, 0, 2.0, 0],  # off plane: residual 2
+            [1.0, -1.0, 0, 0],  # in plane: residual 0
+            [0, 0, 0, 5.0],  # off plane: residual 5
+            [1.0, 0, 0.5, 0],  # residual 0.5
+            [0, 0, 1.0, 1.0],  # residual sqrt 2
+        ]
+    )
+    residuals, positions = projection_residuals(keys, (10, 14), ((0, 6),), rank=2)
+    assert positions.tolist() == [0, 1, 2, 3, 4, 5]
+    assert torch.allclose(residuals[0, 0], torch.tensor([0, 2.0, 0, 5.0, 0.5, math.sqrt(2)]), atol=1e-5)
+    zeroed = redundant_positions(keys, (10, 14), ((0, 6),), rank=2, evicted_share=0.5)
+    assert sorted(zeroed[0, 0].tolist()) == [0, 2, 4]
+    assert redundant_positions(keys, (10, 14), ((0, 6),), rank=2, evicted_share=0.9).shape[-1] == int(0.9 * 6)
+
+
+def test_qr_subspace_is_the_span_of_the_first_rank_current_keys_and_svd_the_principal_one():
+    keys = torch.zeros(1, 1, 8, 3)
+    keys[0, 0, 4:8] = torch.tensor([[0, 0, 1.0], [1.0, 0, 0], [10.0, 0, 0], [9.0, 0.1, 0]])
+    keys[0, 0, 0] = torch.tensor([0, 0, 1.0])
+    keys[0, 0, 1] = torch.tensor([1.0, 0, 0])
+    qr, _ = projection_residuals(keys, (4, 8), ((0, 2),), rank=1, subspace="qr")
+    svd, _ = projection_residuals(keys, (4, 8), ((0, 2),), rank=1, subspace="svd")
+    assert qr[0, 0].tolist() == pytest.approx([0.0, 1.0], abs=1e-5)
+    assert svd[0, 0].tolist() == pytest.approx([1.0, 0.0], abs=1e-2)
+
+
+def test_gui_kv_scores_zero_exactly_the_redundant_earlier_tokens():
+    q, k, x = random_layer(seed=3, heads=2, kv_heads=2, length=100)
+    spans = [(0, 30), (40, 70), (70, 90)]
+    from guikv.methods import build_method
+    from guikv.methods.base import LayerContext
+
+    method = build_method(CompressionConfig(method="gui_kv", rank=4))
+    ctx = LayerContext(keys=k, layout=TokenLayout(100, tuple(spans)), capacity=20, queries=q, hidden_states=x)
+    scores = method.score(ctx, 8)
+    zeroed = redundant_positions(k, spans[-1], tuple(spans[:-1]), 4, 1 - 20 / 100)
+    assert zeroed.shape[-1] == int(0.8 * 60)
+    for head in range(2):
+        zero = (scores[0, head] == 0).nonzero().reshape(-1)
+        assert sorted(zero.tolist()) == sorted(zeroed[0, head].tolist())
+
+
+def test_selection_is_ascending_unique_and_keeps_the_window():
+    q, k, x = random_layer(seed=4)
+    spans = [(10, 50), (55, 100)]
+    for method in METHODS:
+        queries = torch.randn(1, 4, 20, 16) if method == "vlcache" else q
+        keep = select_tokens(method, queries=queries, keys=k, hidden_states=x, image_spans=spans, capacity=30)
+        assert keep.dtype == torch.long and keep.shape[:2] == (1, 2)
+        assert torch.all(keep[..., 1:] > keep[..., :-1]), method
+        window = 20 if method == "vlcache" else 8
+        assert keep[0, 0, -window:].tolist() == list(range(120 - window, 120)), method
+
+
+def test_streamingllm_keeps_sinks_and_the_most_recent_tokens():
+    _, k, _ = random_layer()
+    keep = select_tokens("streamingllm", keys=k, capacity=30, sink_tokens=4)
+    assert keep[0, 0].tolist() == [0, 1, 2, 3, *range(94, 120)]
+
+
+def test_random_is_seeded():
+    _, k, _ = random_layer()
+    a = select_tokens("random", keys=k, capacity=30, seed=1)
+    assert torch.equal(a, select_tokens("random", keys=k, capacity=30, seed=1))
+    assert not torch.equal(a, select_tokens("random", keys=k, capacity=30, seed=2))
+
+
+def test_max_head_aggregation_keeps_what_any_group_head_wants():
+    q, k, _ = random_layer(seed=5)
+    q[0, 1] = 0
+    q[0, 1, :, 0] = 50.0
+    k[0, 0, 3, 0] = 10.0
+    keep_max = select_tokens(
+        "snapkv", queries=q, keys=k, capacity=9 + 1, head_aggregation="max", kernel_size=1
+    )
+    assert 3 in keep_max[0, 0].tolist()
+
+
+@pytest.mark.parametrize(
+    "sparsities,capacity,length",
+    [
+        ([0.9, 0.5, 0.99, 0.7], 50, 500),
+        ([0.0, 0.0, 0.0], 10, 100),
+        ([0.999, 0.1], 400, 500),
+        ([1.0, 1.0], 5, 9),
+    ],
+)
+def test_vlcache_budgets_sum_to_the_uniform_total_within_bounds(sparsities, capacity, length):
+    budgets = allocate_budgets(sparsities, capacity, length)
+    assert sum(budgets) == capacity * len(sparsities)
+    assert all(1 <= b <= length for b in budgets)
+
+
+def test_vlcache_gives_denser_layers_more():
+    assert allocate_budgets([0.9, 0.5], 100, 1000) == [33, 167]
+
+
+def test_token_layout_finds_every_image_run():
+    ids = torch.tensor([[1, 9, 7, 7, 7, 8, 2, 9, 7, 7, 8, 3]])
+    layout = TokenLayout.from_input_ids(ids, [7])
+    assert layout.image_spans == ((2, 5), (8, 10))
+    assert layout.current == (8, 10) and layout.previous == ((2, 5),)
+    assert layout.text_mask().tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert layout.token_kinds().tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 2, 2, 0, 0]
+    assert TokenLayout.from_input_ids(torch.tensor([1, 2, 3]), [7]).image_spans == ()
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("budget", 0, r"\(0, 100\]"),
+        ("budget", -5, r"\(0, 100\]"),
+        ("budget", 100.5, r"\(0, 100\]"),
+        ("method", "h2o", "gui_kv"),
+        ("window_size", 0, ">= 1"),
+        ("kernel_size", 4, "odd"),
+        ("pooling", "median", "avgpool"),
+        ("head_aggregation", "sum", "mean"),
+        ("alpha", -1.0, ">= 0"),
+        ("temperature", 0.0, "> 0"),
+        ("rank", 0, ">= 1"),
+        ("subspace", "pca", "qr"),
+        ("sparsity_threshold", 1.5, r"\(0, 1\)"),
+    ],
+)
+def test_invalid_configurations_name_the_field_and_the_allowed_values(field, value, allowed):
+    with pytest.raises(ValueError, match=f"CompressionConfig.{field}=.*expected.*{allowed}"):
+        CompressionConfig(**{field: value})
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    config = CompressionConfig(method="pyramidkv", budget=5.0, window_size=16)
+    config.to_yaml(tmp_path / "c.yaml")
+    assert CompressionConfig.from_yaml(tmp_path / "c.yaml") == config
+    with pytest.raises(ValueError, match=r"unknown CompressionConfig key.*budgte"):
+        CompressionConfig.from_dict({"budgte": 5})
+
+
+def test_select_tokens_rejects_bad_calls():
+    q, k, x = random_layer()
+    with pytest.raises(ValueError, match="method='h2o' is unknown: expected one of"):
+        select_tokens("h2o", queries=q, keys=k, capacity=10)
+    with pytest.raises(ValueError, match="needs image_spans"):
+        select_tokens("gui_kv", queries=q, keys=k, hidden_states=x, capacity=10)
+    with pytest.raises(ValueError, match="needs queries"):
+        select_tokens("snapkv", keys=k, capacity=10)
+    with pytest.raises(ValueError, match="fewer than window_size"):
+        select_tokens("snapkv", queries=q, keys=k, capacity=8)
+    with pytest.raises(ValueError, match="capacity=0"):
+        select_tokens("snapkv", queries=q, keys=k, capacity=0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        select_tokens("snapkv", queries=q, keys=k, capacity=10, beta=2)
+    with pytest.raises(ValueError, match="window rows"):
+        select_tokens("vlcache", queries=q, keys=k, image_spans=[(0, 50)], capacity=20)
