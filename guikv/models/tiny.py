@@ -85,7 +85,9 @@ def build_tokenizer(vocab_size: int = 640) -> Qwen2Tokenizer:
     """A byte-level BPE tokenizer trained on a fixed corpus, with Qwen's special tokens and template."""
     alphabet = {char: index for index, char in enumerate(bytes_to_unicode().values())}
     base = Qwen2Tokenizer(vocab=alphabet, merges=[])
-    tokenizer = base.train_new_from_iterator([_CORPUS] * 4, vocab_size=vocab_size - len(SPECIAL_TOKENS) + 1)
+    tokenizer = base.train_new_from_iterator(
+        [_CORPUS] * 4, vocab_size=vocab_size - len(SPECIAL_TOKENS) + 1, show_progress=False
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
