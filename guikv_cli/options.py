@@ -24,7 +24,7 @@ FIELD_FLAGS = {
     "rank": "--rank",
 }
 
-MODEL = typer.Option("tiny", "--model", help="tiny (built-in random model), a hub id, or a local model directory.")
+MODEL = typer.Option("tiny", "--model", help="tiny (built-in random model), a hub id, or a model directory.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
 ATTN = typer.Option("auto", "--attn", help="auto (flash_attention_2 when installed, else sdpa), sdpa, eager.")
@@ -32,7 +32,7 @@ METHOD = typer.Option("gui_kv", "--method", help=f"Compression method: {', '.joi
 BUDGET = typer.Option(10.0, "--budget", help="Percent of the prompt's tokens kept per layer, in (0, 100].")
 ALPHA = typer.Option(2.0, "--alpha", help="GUI-KV spatial saliency weight.")
 TEMPERATURE = typer.Option(3.5, "--temperature", help="GUI-KV saliency softmax temperature.")
-WINDOW = typer.Option(8, "--window-size", help="Observation window: trailing tokens always kept and scored from.")
+WINDOW = typer.Option(8, "--window-size", help="Observation window: trailing tokens always kept, scored from.")
 
 
 def compression_config(**fields: Any) -> CompressionConfig:
@@ -43,7 +43,8 @@ def compression_config(**fields: Any) -> CompressionConfig:
         message = str(error)
         match = re.match(r"CompressionConfig\.(\w+)=(.*?) is invalid: (.*)", message)
         if match and match.group(1) in FIELD_FLAGS:
-            raise UserInputError(f"{FIELD_FLAGS[match.group(1)]} {match.group(2)} is invalid: {match.group(3)}") from None
+            flag, value, expected = FIELD_FLAGS[match.group(1)], match.group(2), match.group(3)
+            raise UserInputError(f"{flag} {value} is invalid: {expected}") from None
         raise UserInputError(message) from None
 
 
