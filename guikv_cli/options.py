@@ -32,7 +32,7 @@ METHOD = typer.Option("gui_kv", "--method", help=f"Compression method: {', '.joi
 BUDGET = typer.Option(10.0, "--budget", help="Percent of the prompt's tokens kept per layer, in (0, 100].")
 ALPHA = typer.Option(2.0, "--alpha", help="GUI-KV spatial saliency weight.")
 TEMPERATURE = typer.Option(3.5, "--temperature", help="GUI-KV saliency softmax temperature.")
-WINDOW = typer.Option(8, "--window-size", help="Observation window: trailing tokens always kept, scored from.")
+WINDOW = typer.Option(8, "--window-size", help="Trailing tokens always kept and scored from.")
 
 
 def compression_config(**fields: Any) -> CompressionConfig:
