@@ -109,13 +109,15 @@ def _cpu_sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: A
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """Run `fn()` under `FlopCounterMode` and return (FLOPs, its result).
-
-    Adds the CPU flash-attention kernel that torch's counter does not know, so sdpa is counted on
-    the CPU as on the GPU.
-    """
+def flop_counter() -> FlopCounterMode:
+    """A `FlopCounterMode` that also knows the CPU flash-attention kernel torch's counter misses,
+    so sdpa is counted on the CPU as on the GPU."""
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """Run `fn()` under `flop_counter()` and return (FLOPs, its result)."""
+    with flop_counter() as counter:
         result = fn()
     return int(counter.get_total_flops()), result

@@ -1,0 +1,234 @@
+"""`python -m benchmarks.speed`: what each method costs and saves on a multi-screenshot GUI prompt.
+
+Every method runs at every budget on the same prompt (by default 5 screenshots at 1920x1080,
+UI-TARS's pixel range), against one full-cache run made in the same process. Reported, never
+asserted: KV bytes kept/full, scoring time as a share of prefill time, decode ms/token compressed
+and full, and decode FLOPs measured with `FlopCounterMode` beside the analytic count. Rows are
+written to the JSON file as they are measured; re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from guikv.agents.family import get_family
+from guikv.compressor import compress
+from guikv.config import METHODS
+from guikv.errors import UserInputError
+from guikv.flops import ModelShape, decode_flops, flop_counter
+from guikv.models import build_tiny, load
+from guikv.models.tiny import cache_root
+from guikv.step import run_step
+from guikv_cli.options import compression_config, quiet_transformers
+
+REPO_SCREENS = Path(__file__).resolve().parents[1] / "examples" / "screens"
+QWEN7B_ATTENTION = {
+    "hidden_size": 3584,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "intermediate_size": 1024,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+"""Qwen2.5-VL-7B's attention shape (28 query heads, 4 KV heads, head_dim 128, hidden 3584); the MLP
+is narrowed so a CPU can run it, which leaves attention and KV costs as in the real model."""
+
+HISTORY = "Thought: The settings icon is at the top right.\nAction: click(start_box='(1650,80)')"
+
+
+def model_dir(model: str, layers: int) -> str:
+    """`tiny`, a directory, or `qwen7b-shape` (built once into the guikv cache with `layers` layers)."""
+    if model != "qwen7b-shape":
+        return model
+    target = cache_root() / f"speed-qwen7b-shape-{layers}l"
+    if not (target / "model.safetensors").exists():
+        build_tiny(target, num_hidden_layers=layers, **QWEN7B_ATTENTION)
+    return str(target)
+
+
+def screenshots(folder: Path, count: int, size: tuple[int, int]) -> list[Image.Image]:
+    """`count` screenshots from `folder`, cycled and resized to `size`."""
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise UserInputError(f"--screens-dir {folder}: no PNG screenshots there")
+    return [Image.open(files[i % len(files)]).convert("RGB").resize(size) for i in range(count)]
+
+
+def measured_decode_flops(model: torch.nn.Module, inputs: Any, config: Any, new_tokens: int) -> int:
+    """Decode FLOPs of `new_tokens - 1` decode forwards, counted by FlopCounterMode in one generate:
+    the prefill's share is read by a hook at the end of the first forward and subtracted."""
+    with flop_counter() as counter:
+        after_forward: list[int] = []
+
+        def mark(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            after_forward.append(counter.get_total_flops())
+
+        handle = model.register_forward_hook(mark)
+        try:
+            with compress(model, config):
+                model.generate(
+                    **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+                )
+        finally:
+            handle.remove()
+    return after_forward[-1] - after_forward[0]
+
+
+def benchmark_row(
+    model: Any,
+    processor: Any,
+    messages: list,
+    method: str,
+    budget: float,
+    new_tokens: int,
+    full: dict[str, Any],
+    flops: bool,
+) -> dict[str, Any]:
+    """Measure one (method, budget) pair against the full-cache row."""
+    config = compression_config(method=method, budget=budget)
+    step = run_step(model, processor, messages, config, max_new_tokens=new_tokens)
+    shape = ModelShape.from_config(model.config)
+    analytic = decode_flops(shape, step.kept_per_layer, new_tokens - 1).total
+    row = {
+        "method": method,
+        "budget": budget,
+        "prompt_tokens": step.prompt_tokens,
+        "kv_ratio_percent": 100 * step.kv_bytes_kept / step.kv_bytes_full,
+        "scoring_seconds": step.scoring_seconds,
+        "prefill_seconds": step.prefill_seconds,
+        "scoring_share_percent": 100 * step.scoring_seconds / step.prefill_seconds,
+        "decode_ms_per_token": step.decode_ms_per_token,
+        "decode_ms_per_token_full": full["decode_ms_per_token"],
+        "decode_speedup": full["decode_ms_per_token"] / step.decode_ms_per_token,
+        "decode_flops_analytic": analytic,
+        "decode_flops_saved_percent": step.decode_flops_saved_percent,
+    }
+    if flops:
+        inputs = processor_inputs(model, processor, messages)
+        measured = measured_decode_flops(model, inputs, config, new_tokens)
+        row["decode_flops_measured"] = measured
+        row["flops_measured_over_analytic"] = measured / analytic
+    return row
+
+
+def processor_inputs(model: Any, processor: Any, messages: list) -> Any:
+    """The generate() inputs of the benchmark prompt."""
+    from guikv.models.adapters import adapter_for
+
+    return adapter_for(model).build_inputs(processor, messages).to(model.device)
+
+
+def render(rows: list[dict[str, Any]], title: str) -> Table:
+    """The rich table of measured rows."""
+    table = Table(title=title)
+    for column in (
+        "method",
+        "budget",
+        "KV kept/full",
+        "scoring/prefill",
+        "decode ms/tok",
+        "full ms/tok",
+        "decode FLOPs saved",
+        "measured/analytic",
+    ):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for row in rows:
+        ratio = row.get("flops_measured_over_analytic")
+        table.add_row(
+            row["method"],
+            f"{row['budget']:g}%",
+            f"{row['kv_ratio_percent']:.2f}%",
+            f"{row['scoring_share_percent']:.2f}%",
+            f"{row['decode_ms_per_token']:.2f}",
+            f"{row['decode_ms_per_token_full']:.2f}",
+            f"{row['decode_flops_saved_percent']:.1f}%",
+            f"{ratio:.4f}" if ratio is not None else "-",
+        )
+    return table
+
+
+def main(
+    model: str = typer.Option("tiny", help="tiny, qwen7b-shape (7B attention, few layers), or a model dir."),
+    layers: int = typer.Option(2, help="Decoder layers of the qwen7b-shape model."),
+    methods: str = typer.Option(",".join(m for m in METHODS if m != "full"), help="Comma-separated methods."),
+    budgets: str = typer.Option("1,5,10,20,40", help="Comma-separated budgets (percent)."),
+    screens: int = typer.Option(5, help="Screenshots in the prompt (the last is the current one)."),
+    width: int = typer.Option(1920, help="Screenshot width."),
+    height: int = typer.Option(1080, help="Screenshot height."),
+    new_tokens: int = typer.Option(16, help="Tokens generated per run (decode forwards = this - 1)."),
+    screens_dir: Path = typer.Option(REPO_SCREENS, help="Folder of PNG screenshots to use."),
+    output: Path = typer.Option(None, help="JSON results file (default speed-<model>.json)."),
+    flops: bool = typer.Option(
+        True, help="Also count decode FLOPs with FlopCounterMode (one more run per row)."
+    ),
+) -> None:
+    """Run every method x budget on one multi-screenshot prompt and report costs against the full cache."""
+    console = Console()
+    quiet_transformers()
+    torch.manual_seed(0)
+    output = output or Path(f"speed-{Path(model).name}.json")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    budget_list = [float(b) for b in budgets.split(",") if b.strip()]
+    settings = {
+        "model": model,
+        "layers": layers,
+        "screens": screens,
+        "size": [width, height],
+        "new_tokens": new_tokens,
+        "threads": torch.get_num_threads(),
+        "cpu": os.cpu_count(),
+    }
+    done: list[dict[str, Any]] = []
+    if output.exists():
+        previous = json.loads(output.read_text())
+        if previous.get("settings") == settings:
+            done = previous["rows"]
+            console.print(f"resuming {output}: {len(done)} rows already measured")
+    loaded, processor = load(model_dir(model, layers))
+    family = get_family("ui-tars")
+    images = screenshots(screens_dir, screens, (width, height))
+    messages = family.computer_use_messages("Open the display settings", images, [HISTORY] * (screens - 1))
+    full = next((row for row in done if row["method"] == "full"), None)
+    if full is None:
+        full_step = run_step(
+            loaded,
+            processor,
+            messages,
+            compression_config(method="full", budget=100),
+            max_new_tokens=new_tokens,
+        )
+        full = {"method": "full", "budget": 100.0, **full_step.to_dict()}
+        done.append(full)
+    rows = [row for row in done if row["method"] != "full"]
+    for method in method_list:
+        for budget in budget_list:
+            if any(r["method"] == method and r["budget"] == budget for r in rows):
+                continue
+            try:
+                rows.append(
+                    benchmark_row(loaded, processor, messages, method, budget, new_tokens, full, flops)
+                )
+            except (ValueError, UserInputError) as error:
+                console.print(f"[yellow]{method} at {budget:g}%: not runnable ({error})[/]")
+                continue
+            output.write_text(json.dumps({"settings": settings, "rows": [full, *rows]}, indent=2))
+    output.write_text(json.dumps({"settings": settings, "rows": [full, *rows]}, indent=2))
+    title = (
+        f"{model}: {screens} x {width}x{height}, {full['prompt_tokens']} prompt tokens; "
+        f"full cache prefill {full['prefill_seconds']:.2f} s, "
+        f"decode {full['decode_ms_per_token']:.2f} ms/token"
+    )
+    console.print(render(rows, title))
+    console.print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
