@@ -169,6 +169,7 @@ def main(
     flops: bool = typer.Option(
         True, help="Also count decode FLOPs with FlopCounterMode (one more run per row)."
     ),
+    warmup: bool = typer.Option(True, help="Run the prompt once, untimed, before measuring."),
 ) -> None:
     """Run every method x budget on one multi-screenshot prompt and report costs against the full cache."""
     console = Console()
@@ -196,6 +197,8 @@ def main(
     family = get_family("ui-tars")
     images = screenshots(screens_dir, screens, (width, height))
     messages = family.computer_use_messages("Open the display settings", images, [HISTORY] * (screens - 1))
+    if warmup:
+        run_step(loaded, processor, messages, compression_config(method="full", budget=100), max_new_tokens=2)
     full = next((row for row in done if row["method"] == "full"), None)
     if full is None:
         full_step = run_step(
