@@ -40,7 +40,8 @@ class StepResult:
     layout: TokenLayout
     image_grids: list[tuple[int, int, int]] = field(default_factory=list)
     kept_positions: list[torch.Tensor] = field(default_factory=list)
-    first_logits: torch.Tensor | None = None
+    generated_ids: list[int] = field(default_factory=list)
+    first_decode_logits: torch.Tensor | None = None
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -105,7 +106,7 @@ def run_step(
     *,
     max_new_tokens: int = 256,
     record_positions: bool = False,
-    keep_first_logits: bool = False,
+    keep_first_decode_logits: bool = False,
 ) -> StepResult:
     """Generate greedily for one agent step under `config` and measure what it kept and cost."""
     adapter = adapter_for(model)
@@ -120,7 +121,7 @@ def run_step(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 return_dict_in_generate=True,
-                output_logits=keep_first_logits,
+                output_logits=keep_first_decode_logits,
             )
     finally:
         handle.remove()
@@ -128,7 +129,7 @@ def run_step(
     generated = out.sequences[0, prompt_tokens:]
     shape = ModelShape.from_config(model.config)
     steps = max(0, generated.numel() - 1)
-    grids = inputs.get("image_grid_thw")
+    grids = inputs.get("image_grid_thw", inputs.get("grid_thws"))
     merge = getattr(getattr(processor, "image_processor", None), "merge_size", 1)
     return StepResult(
         text=processor.batch_decode(generated[None], skip_special_tokens=True)[0],
@@ -145,5 +146,8 @@ def run_step(
         layout=report.layout or TokenLayout(prompt_tokens, ()),
         image_grids=[(t, h // merge, w // merge) for t, h, w in grids.tolist()] if grids is not None else [],
         kept_positions=list(report.kept_positions),
-        first_logits=out.logits[0][0].float().cpu() if keep_first_logits else None,
+        generated_ids=generated.tolist(),
+        first_decode_logits=(
+            out.logits[1][0].float().cpu() if keep_first_decode_logits and len(out.logits) > 1 else None
+        ),
     )

@@ -1,6 +1,7 @@
 """The `guikv` command: a Typer app whose subcommands live one per module.
 
-User mistakes (`UserInputError`) become one line on stderr and exit code 2, never a traceback.
+User mistakes (`UserInputError`, and bad flags or values caught by the parser) become one line on
+stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from importlib import import_module
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from guikv import __version__
 from guikv.errors import UserInputError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "guikv_cli.infer",
+    "guikv_cli.eval",
+    "guikv_cli.analyze",
+    "guikv_cli.compare",
+)
 """Each module defines `register(app)` adding its subcommand."""
 
 app = typer.Typer(
     name="guikv",
     help="GUI-KV: KV-cache compression for GUI agents (UI-TARS, OpenCUA and other Qwen-VL agents).",
-    no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -34,11 +41,14 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    context: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """KV-cache compression for GUI agents: infer, eval, analyze-attention, compare."""
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
 
 
 for _module in COMMAND_MODULES:
@@ -47,8 +57,17 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point of the `guikv` console script."""
+    errors = Console(stderr=True)
     try:
-        app()
-    except UserInputError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        result = app(standalone_mode=False)
+    except (UserInputError, typer.TyperException) as error:
+        message = str(error) if isinstance(error, UserInputError) else error.format_message()
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        line = escape(" ".join(message.split()) + hint)
+        errors.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except typer.Abort:
+        errors.print("aborted")
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from guikv.models.inputs import Message, qwen_inputs
+from guikv.models.opencua import opencua_inputs
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class ModelAdapter:
 
 
 QWEN_VL = ModelAdapter("ui-tars", "model.language_model.layers", ("image_token_id",))
-OPENCUA = ModelAdapter("opencua", "language_model.model.layers", ("media_placeholder_token_id",))
+OPENCUA = ModelAdapter(
+    "opencua", "language_model.model.layers", ("media_placeholder_token_id",), build_inputs=opencua_inputs
+)
 QWEN2_TEXT = ModelAdapter("qwen2", "model.layers", ())
 
 ADAPTERS: dict[str, ModelAdapter] = {

@@ -14,10 +14,19 @@ from typing import Any
 
 import torch
 from huggingface_hub import try_to_load_from_cache
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS
 from guikv.errors import UserInputError
+from guikv.models.opencua import OpenCUAProcessor
 from guikv.models.tiny import tiny_model_dir
 
 TINY = "tiny"
@@ -101,6 +110,19 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def load_processor(source: str, local_only: bool, remote: bool) -> Any:
+    """The model's processor; OpenCUA ships a tokenizer and an image processor but no joint
+    processor, so they are paired here."""
+    if not remote:
+        return AutoProcessor.from_pretrained(source, local_files_only=local_only)
+    return OpenCUAProcessor(
+        tokenizer=AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=True),
+        image_processor=AutoImageProcessor.from_pretrained(
+            source, local_files_only=local_only, trust_remote_code=True
+        ),
+    )
+
+
 def load(
     model: str = TINY,
     dtype: str = "auto",
@@ -130,9 +152,7 @@ def load(
             local_files_only=local_only,
             trust_remote_code=remote,
         )
-        processor = AutoProcessor.from_pretrained(
-            source, local_files_only=local_only, trust_remote_code=remote
-        )
+        processor = load_processor(source, local_only, remote)
     except OSError as error:
         raise UserInputError(
             f"--model {model}: could not be loaded ({str(error).splitlines()[0]})"

@@ -1,0 +1,254 @@
+"""The run directory of one evaluation: where it lives, what it holds, and how it survives a kill.
+
+`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash>/` holds `config.yaml` (every setting),
+`samples.jsonl` (one JSON record per finished sample, appended and fsynced as each finishes) and
+`summary.json` (written atomically at the end). The hash covers every setting, so a changed setting
+gets a new directory and re-running the same command resumes where it stopped. Under several
+processes each writes `samples.rank<i>.jsonl` and the main process folds those into `samples.jsonl`.
+`guikv compare` reads these directories, so this layout is a contract (docs/eval.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from guikv.errors import UserInputError
+
+CONFIG_FILE = "config.yaml"
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+SHARD_GLOB = "samples.rank*.jsonl"
+LOCK_FILE = ".lock"
+
+Record = dict[str, Any]
+"""One finished sample as written to `samples.jsonl`."""
+
+
+def shard_file(rank: int) -> str:
+    """The trace file process `rank` appends to when samples are sharded over several processes."""
+    return f"samples.rank{rank}.jsonl"
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """An 8-hex-digit digest of every setting (keys sorted), the last part of the run directory's name."""
+    text = json.dumps(dict(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def model_slug(model: str) -> str:
+    """A folder name for a model: a hub id `org/name` becomes `org--name`, a directory its base name."""
+    path = Path(model)
+    name = path.name if path.is_absolute() else model.replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def format_budget(budget: float) -> str:
+    """A budget as written in directory names and tables: `10` for 10.0, `2.5` for 2.5."""
+    return f"{budget:g}"
+
+
+def run_directory(output: Path, settings: Mapping[str, Any]) -> Path:
+    """`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash of all settings>`."""
+    leaf = f"{settings['method']}-b{format_budget(settings['budget'])}-{settings_hash(settings)}"
+    return output / settings["benchmark"] / model_slug(settings["model"]) / leaf
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a JSON document atomically (indented, keys in insertion order)."""
+    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+@dataclass(frozen=True)
+class TraceRead:
+    """The records of a trace file in file order, and whether an incomplete last line was dropped."""
+
+    records: list[Record]
+    dropped_partial: bool = False
+
+
+def read_trace(path: Path, *, repair: bool = False) -> TraceRead:
+    """Read a JSONL trace. A last line that is not a whole JSON record (a kill mid-write) is dropped,
+    and with `repair` also cut from the file so appends continue on a clean line. A bad line anywhere
+    else means the file was edited or damaged: a `UserInputError` naming the file and the line."""
+    if not path.is_file():
+        return TraceRead([])
+    lines = path.read_bytes().split(b"\n")
+    last_content = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+    records: list[Record] = []
+    offset = 0
+    for index, raw in enumerate(lines):
+        record = _parse_line(raw)
+        if record is None and raw.strip():
+            if index != last_content:
+                raise UserInputError(
+                    f"{path} (line {index + 1}): expected one JSON record with a sample_id per line; the "
+                    "trace is damaged (move it away or re-run with --no-resume)"
+                )
+            if repair:
+                with path.open("r+b") as handle:
+                    handle.truncate(offset)
+            return TraceRead(records, dropped_partial=True)
+        if record is not None:
+            records.append(record)
+        offset += len(raw) + 1
+    if repair and lines[-1].strip():
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+    return TraceRead(records)
+
+
+def _parse_line(raw: bytes) -> Record | None:
+    """One trace line as a record, or None when it is blank or not a whole record."""
+    try:
+        value = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("sample_id"), str) else None
+
+
+class TraceWriter:
+    """Appends records to a trace, one line each, flushed and fsynced so that a kill loses at most the
+    line being written (which `read_trace` then drops)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: TextIO = path.open("a", encoding="utf-8")
+
+    def write(self, record: Record) -> None:
+        """Append one record and force it to disk."""
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def append_records(path: Path, records: Iterable[Record]) -> int:
+    """Append records to a trace (fsynced); returns how many were written."""
+    count = 0
+    with TraceWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+            count += 1
+    return count
+
+
+def _unwritable(run_dir: Path, error: OSError) -> UserInputError:
+    """The one-line error for a run directory that cannot be created or written."""
+    return UserInputError(
+        f"--output: cannot write the run directory {run_dir} ({error.strerror or error}); "
+        "expected a writable directory"
+    )
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory (its hidden `.lock` file) while a run writes it, so a
+    second invocation with the same settings stops with a one-line error instead of writing every
+    sample twice. Taken by the main process only (the other processes of a sharded run are its own)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (run_dir / LOCK_FILE).open("a")
+    except OSError as error:
+        raise _unwritable(run_dir, error) from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"{run_dir}: another guikv eval is running into this run directory; "
+                "expected one run per directory at a time"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparing a run directory found: records removed by `--no-resume`, records kept for the
+    resume, whether an incomplete last line was dropped, and records folded in from shard files."""
+
+    removed: int = 0
+    kept: int = 0
+    dropped_partial: bool = False
+    merged: int = 0
+
+
+def prepare(run_dir: Path, settings: Mapping[str, Any], *, resume: bool, order: Sequence[str]) -> Prepared:
+    """Create the run directory and write `config.yaml`; with `resume`, repair `samples.jsonl` and fold
+    in shard files left by an interrupted multi-process run; without, delete the earlier trace, shard
+    files and summary. Main process only. An unwritable `--output` is a `UserInputError`."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(dict(settings), sort_keys=False))
+    except OSError as error:
+        raise _unwritable(run_dir, error) from None
+    samples = run_dir / SAMPLES_FILE
+    if not resume:
+        removed = _count_lines(samples)
+        for path in [samples, run_dir / SUMMARY_FILE, *run_dir.glob(SHARD_GLOB)]:
+            path.unlink(missing_ok=True)
+        return Prepared(removed=removed)
+    trace = read_trace(samples, repair=True)
+    merged = merge_shards(run_dir, order)
+    return Prepared(kept=len(trace.records) + merged, dropped_partial=trace.dropped_partial, merged=merged)
+
+
+def _count_lines(path: Path) -> int:
+    """How many non-blank lines a trace has (damaged or not), for the `--no-resume` notice."""
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+
+
+def merge_shards(run_dir: Path, order: Sequence[str]) -> int:
+    """Fold every `samples.rank<i>.jsonl` into `samples.jsonl`: records whose sample is not there yet are
+    appended in dataset `order` (unknown ids last), then the shard files are deleted. Safe to repeat
+    after a kill at any point: a record already in `samples.jsonl` is never written twice."""
+    shards = sorted(run_dir.glob(SHARD_GLOB), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    if not shards:
+        return 0
+    samples = run_dir / SAMPLES_FILE
+    seen = {record["sample_id"] for record in read_trace(samples, repair=True).records}
+    fresh: dict[str, Record] = {}
+    for shard in shards:
+        for record in read_trace(shard).records:
+            if record["sample_id"] not in seen:
+                fresh.setdefault(record["sample_id"], record)
+    position = {sample_id: index for index, sample_id in enumerate(order)}
+    ranked = sorted(fresh.values(), key=lambda r: position.get(r["sample_id"], len(position)))
+    written = append_records(samples, ranked)
+    for shard in shards:
+        shard.unlink()
+    return written

@@ -1,0 +1,114 @@
+"""Line figures comparing methods: accuracy against budget or KV memory (from finished eval runs)
+and fidelity to the full cache against budget (from `guikv compare` on screenshots).
+
+The figure functions take plain `Panel`s (one subplot each: named series of (x, y) points and
+optional horizontal reference lines), so callers decide what is plotted and this module only how.
+Drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+METHOD_COLORS = {
+    "full": "#000000",
+    "gui_kv": "#d62728",
+    "snapkv": "#1f77b4",
+    "pyramidkv": "#2ca02c",
+    "vlcache": "#9467bd",
+    "streamingllm": "#8c564b",
+    "random": "#7f7f7f",
+}
+"""A fixed color per method, so every figure reads the same way."""
+
+MARKERS = "osD^v<>pP*Xh"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line: a label, the method it belongs to (for its color) and its (x, y) points. Points
+    with a None or NaN y are left out; a series with one point is drawn as a marker."""
+
+    label: str
+    points: Sequence[tuple[float, float | None]]
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot: a title, axis labels, series, and horizontal reference lines (label, y), e.g.
+    the full cache's accuracy on an accuracy-vs-budget plot. `log_x` and `log_y` use log scales
+    (points with y <= 0 cannot be drawn on a log y axis and are left out); `x_ticks` labels exactly
+    those x values."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: Sequence[Series]
+    references: Sequence[tuple[str, float]] = field(default_factory=tuple)
+    log_x: bool = False
+    log_y: bool = False
+    x_ticks: Sequence[float] = field(default_factory=tuple)
+
+
+def _color(series: Series, index: int) -> str:
+    """The method's fixed color, else the default cycle's."""
+    return METHOD_COLORS.get(series.method) or f"C{index % 10}"
+
+
+def _plain_number(value: float, _position: int) -> str:
+    """Tick labels like 1, 5, 0.5 (not 10^0) on a log axis."""
+    return f"{value:g}"
+
+
+def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
+    """Draw the panels side by side (wrapping after three) and write a PNG at `path`."""
+    if not panels:
+        raise ValueError("no panels to plot")
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.8 * columns, 3.9 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for index, panel in enumerate(panels):
+        axes = grid[index // columns][index % columns]
+        for number, series in enumerate(panel.series):
+            points = sorted(
+                (x, y)
+                for x, y in series.points
+                if y is not None and not math.isnan(y) and (y > 0 or not panel.log_y)
+            )
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            style = "-" if len(points) > 1 else ""
+            marker = MARKERS[number % len(MARKERS)]
+            axes.plot(xs, ys, style, marker=marker, color=_color(series, number), label=series.label)
+        for number, (label, value) in enumerate(panel.references):
+            axes.axhline(value, linestyle="--", color="black", alpha=0.6 - 0.15 * (number % 3), label=label)
+        if panel.log_x:
+            axes.set_xscale("log")
+        if panel.x_ticks:
+            axes.set_xticks(sorted(panel.x_ticks))
+            axes.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+            axes.xaxis.set_minor_formatter(NullFormatter())
+        if panel.log_y and axes.has_data():
+            axes.set_yscale("log")
+        axes.set_title(panel.title, fontsize=10)
+        axes.set_xlabel(panel.xlabel)
+        axes.set_ylabel(panel.ylabel)
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7)
+    for index in range(len(panels), rows * columns):
+        grid[index // columns][index % columns].set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path

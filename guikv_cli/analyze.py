@@ -1,0 +1,410 @@
+"""`guikv analyze-attention`: the paper's sparsity analysis, on screenshots or benchmark prompts.
+
+For each layer and head it measures how sparse attention is (VL-Cache's threshold rule) and how
+many keys hold most of the attention, split by key kind, and says whether the data support the
+paper's claim that GUI attention is high and nearly uniform across layers. Writes `sparsity.json`,
+PNG figures and optionally a self-contained HTML report. Definitions: docs/analysis.md.
+
+Also home of helpers `guikv compare` shares: screenshot prompts and the HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from PIL import Image, UnidentifiedImageError
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+from guikv.errors import UserInputError
+from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL, quiet_transformers
+
+DEFAULT_OUTPUT = Path("guikv-analysis")
+DEFAULT_LIMIT = 8
+
+HTML_CODE_FORMAT = (
+    '<pre style="font-family:Menlo,Consolas,monospace;font-size:12px;line-height:1.3;'
+    'color:{foreground};background-color:{background};padding:12px;overflow-x:auto"><code>{code}</code></pre>'
+)
+
+
+def check_screenshots(paths: Sequence[Path]) -> list[Path]:
+    """Every path must be a readable image file; a bad one is a one-line error naming it."""
+    for path in paths:
+        if not path.is_file():
+            raise UserInputError(f"SCREENSHOT {path}: no such file")
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError) as error:
+            raise UserInputError(f"SCREENSHOT {path}: not a readable image ({error})") from None
+    return list(paths)
+
+
+def screenshot_messages(family: Any, task: str, screenshots: Sequence[Path]) -> list[dict[str, Any]]:
+    """The family's computer-use prompt (AgentNetBench layout) with every screenshot shown, the
+    last one current; earlier steps get empty history turns."""
+    earlier = len(screenshots) - 1
+    return family.computer_use_messages(
+        task, list(screenshots), [""] * earlier, max_history_screenshots=earlier, history_window=earlier
+    )
+
+
+def resolve_family(model: Any, family: str | None) -> Any:
+    """The agent family named by `--family`, else the one detected from the model's config."""
+    from guikv.agents import detect_family, get_family
+
+    return get_family(family or detect_family(model.config))
+
+
+def benchmark_messages(family: Any, sample: Any) -> list[dict[str, Any]]:
+    """The family's prompt for one benchmark sample, as the benchmark's evaluation builds it.
+
+    AgentNetBench shows up to 4 earlier screenshots (the 5-screenshot setting) and, having no
+    model outputs to replay, each earlier step's ground-truth monologue as its history text.
+    """
+    from benchmarks.agentnetbench import AgentNetStep
+    from benchmarks.androidcontrol import AndroidControlSample
+    from benchmarks.mind2web import Mind2WebSample
+    from guikv.agents import Monologue
+
+    if isinstance(sample, AgentNetStep):
+        screenshots = [past.image if past.image_exists else None for past in sample.history]
+        history = [
+            Monologue(
+                past.monologue.observation, past.monologue.thought, past.monologue.low_level_instruction
+            )
+            for past in sample.history
+        ]
+        return family.computer_use_messages(sample.instruction, [*screenshots, sample.image], history)
+    if isinstance(sample, AndroidControlSample):
+        step = sample.step_instruction if sample.instruction_level == "low" else None
+        return family.mobile_messages(sample.goal, sample.image, sample.previous_actions, step)
+    if isinstance(sample, Mind2WebSample):
+        return family.web_messages(sample.task, sample.blocks[0], sample.previous_actions)
+    return family.grounding_messages(sample.instruction, sample.image)
+
+
+def load_benchmark_samples(
+    name: str, data: Path | None, images: Path | None, split: str | None, limit: int
+) -> list[Any]:
+    """The first `limit` samples of a benchmark (read before any model is loaded, so data errors
+    come fast); data and image folders default to the benchmark's environment variables, the
+    images then to the data folder."""
+    from benchmarks import get_benchmark
+
+    spec = get_benchmark(name)
+    data_dir = data or (Path(os.environ[spec.data_env]) if os.environ.get(spec.data_env) else None)
+    if data_dir is None:
+        raise UserInputError(f"--benchmark {name} needs --data DIR (or {spec.data_env} set)")
+    images_dir = images or (
+        Path(os.environ[spec.images_env]) if os.environ.get(spec.images_env) else data_dir
+    )
+    loaded = spec.load(data_dir, images_dir, split=split, limit=limit)
+    samples = list(loaded.samples[:limit])
+    if not samples:
+        raise UserInputError(
+            f"--benchmark {name}: no sample to analyze in {data_dir} "
+            f"({len(loaded.skipped)} skipped for missing screenshots under {images_dir})"
+        )
+    return samples
+
+
+def html_report(title: str, renderables: Sequence[RenderableType], figures: Sequence[Path]) -> str:
+    """One self-contained HTML page: the rich renderables as styled text, then the PNG figures
+    embedded as base64 data URIs."""
+    console = Console(record=True, file=io.StringIO(), width=180, color_system="truecolor")
+    for renderable in renderables:
+        console.print(renderable)
+    tables = console.export_html(inline_styles=True, code_format=HTML_CODE_FORMAT)
+    images = "\n".join(
+        f'<figure><img alt="{html.escape(path.name)}" style="max-width:100%" '
+        f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+        for path in figures
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>\n"
+        f'<body style="font-family:sans-serif;margin:24px"><h1>{html.escape(title)}</h1>\n'
+        f"{tables}\n{images}\n</body></html>\n"
+    )
+
+
+def write_html(
+    path: Path, title: str, renderables: Sequence[RenderableType], figures: Sequence[Path]
+) -> None:
+    """Write `html_report` to `path` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html_report(title, renderables, figures), encoding="utf-8")
+
+
+def compact_table(title: str, headers: Sequence[str], left: int = 1) -> Table:
+    """A table that fits 80 columns where possible: header words stacked on lines, no cell
+    wrapping, single-space gaps; the first `left` columns left-aligned, the rest right-aligned."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < left else "right", no_wrap=True)
+    return table
+
+
+def percent(value: float | None) -> str:
+    """A share as a percentage with one decimal; missing as an em dash."""
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def _pct(value: float | None) -> str:
+    """A share in percent without the sign (the table header says %)."""
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+KIND_HEADERS = {"current": "current", "previous": "earlier", "text": "text"}
+"""Short names of the key kinds: the current screenshot, earlier screenshots, text."""
+
+
+def _present_kinds(report: dict[str, Any]) -> list[str]:
+    """Key kinds with at least one token in the analyzed prompts, current screenshot first."""
+    return [kind for kind in ("current", "previous", "text") if report["by_kind"][kind]["tokens"]]
+
+
+def layer_table(report: dict[str, Any]) -> Table:
+    """The per-layer summary in percent: sparsity (mean and range over heads), the share of keys
+    holding the attention mass, and each key kind's share of the mass."""
+    kinds = _present_kinds(report)
+    headers = [
+        "layer",
+        f"sparsity\n≤{report['threshold']:g}",
+        "heads\nmin–max",
+        f"keys for\n{report['mass']:.0%} mass",
+        *(f"mass\n{KIND_HEADERS[kind]}" for kind in kinds),
+    ]
+    table = compact_table(f"Attention by layer, % (mean over {report['num_heads']} heads)", headers, left=0)
+    for layer in report["layers"]:
+        heads = layer["sparsity_heads"]
+        table.add_row(
+            str(layer["layer"]),
+            _pct(layer["sparsity"]),
+            f"{_pct(heads['min'])}–{_pct(heads['max'])}",
+            _pct(layer["keys_for_mass"]),
+            *(_pct(layer["kinds"][kind]["mass_share"]) for kind in kinds),
+        )
+    return table
+
+
+def kind_table(report: dict[str, Any]) -> Table:
+    """Per key kind, in percent and averaged over layers: its share of the keys, its sparsity,
+    its share of the attention mass and of the mass sets, and the share of its keys they need."""
+    headers = [
+        "keys",
+        "tokens",
+        "key\nshare",
+        "sparsity",
+        "mass\nshare",
+        f"in {report['mass']:.0%}\nmass set",
+        "own keys\nin set",
+    ]
+    table = compact_table("By key kind, % (mean over layers)", headers)
+    for kind in _present_kinds(report):
+        stats = report["by_kind"][kind]
+        table.add_row(
+            KIND_HEADERS[kind],
+            str(stats["tokens"]),
+            *(
+                _pct(stats[name])
+                for name in ("key_share", "sparsity", "mass_share", "set_share", "keys_for_mass")
+            ),
+        )
+    return table
+
+
+def composition_line(report: dict[str, Any]) -> str:
+    """What was analyzed: samples, prompt tokens per kind and query rows."""
+    samples = report["samples"]
+    tokens = {kind: report["by_kind"][kind]["tokens"] for kind in report["kinds"]}
+    prompt = sum(sample["prompt_tokens"] for sample in samples)
+    rows = sum(sample["query_rows"] for sample in samples)
+    which = f"the last {report['window_size']} of each prompt" if report["mode"] == "window" else "all"
+    return (
+        f"{len(samples)} prompt{'s' if len(samples) != 1 else ''}, {prompt} tokens "
+        f"(current screenshot {tokens['current']}, earlier screenshots {tokens['previous']}, "
+        f"text {tokens['text']}); {rows} query rows per head "
+        f"({which})"
+    )
+
+
+def _check_options(
+    screenshots: Sequence[Path],
+    task: str | None,
+    benchmark: str | None,
+    threshold: float,
+    mass: float,
+    window_size: int,
+    limit: int,
+    full: bool,
+    attn: str,
+) -> None:
+    """Refuse contradictory or out-of-range options before anything is loaded."""
+    if screenshots and benchmark:
+        raise UserInputError("give SCREENSHOT... --task TEXT or --benchmark NAME --data DIR, not both")
+    if not screenshots and not benchmark:
+        raise UserInputError(
+            "nothing to analyze: give SCREENSHOT... --task TEXT, or --benchmark NAME --data DIR"
+        )
+    if screenshots and not (task and task.strip()):
+        raise UserInputError("SCREENSHOT... needs --task TEXT (the task the agent is given)")
+    if benchmark and task:
+        raise UserInputError("--task is for screenshots; --benchmark builds each sample's own prompt")
+    if not 0 < threshold < 1:
+        raise UserInputError(f"--threshold {threshold} is invalid: expected a number in (0, 1)")
+    if not 0 < mass <= 1:
+        raise UserInputError(f"--mass {mass} is invalid: expected a share in (0, 1]")
+    if window_size < 1:
+        raise UserInputError(f"--window-size {window_size} is invalid: expected an integer >= 1")
+    if limit < 1:
+        raise UserInputError(f"--limit {limit} is invalid: expected an integer >= 1")
+    if full and attn not in ("auto", "eager"):
+        raise UserInputError(
+            f"--full reads eager attention weights: drop --attn {attn} (or pass --attn eager)"
+        )
+
+
+def analyze_prompts(
+    model: Any,
+    processor: Any,
+    prompts: Sequence[tuple[str, list[dict[str, Any]]]],
+    *,
+    full: bool,
+    window_size: int,
+    threshold: float,
+    mass: float,
+    progress: Callable[[str, int], None],
+) -> list[Any]:
+    """Count attention for each prompt, refusing prompts the mode cannot handle."""
+    from guikv.analysis import (
+        FULL_MAX_BYTES,
+        full_attention_bytes,
+        full_attention_counts,
+        window_attention_counts,
+    )
+    from guikv.models import adapter_for
+
+    adapter = adapter_for(model)
+    samples = []
+    for index, (sample_id, messages) in enumerate(prompts):
+        progress(sample_id, index)
+        inputs = adapter.build_inputs(processor, messages).to(model.device)
+        length = int(inputs["input_ids"].shape[1])
+        if full:
+            size = full_attention_bytes(model, length)
+            if size > FULL_MAX_BYTES:
+                raise UserInputError(
+                    f"--full: {sample_id} has {length} tokens, so its eager attention weights take "
+                    f"{size / 2**30:.1f} GiB (limit {FULL_MAX_BYTES / 2**30:.0f} GiB): "
+                    "drop --full to use the window queries, or use fewer or smaller screenshots"
+                )
+            samples.append(
+                full_attention_counts(model, inputs, threshold=threshold, mass=mass, sample_id=sample_id)
+            )
+        else:
+            if window_size > length:
+                raise UserInputError(f"--window-size {window_size} exceeds the prompt length {length}")
+            samples.append(
+                window_attention_counts(
+                    model, inputs, window=window_size, threshold=threshold, mass=mass, sample_id=sample_id
+                )
+            )
+    return samples
+
+
+def analyze_attention(
+    screenshots: list[Path] = typer.Argument(None, help="Screenshots, oldest first; the last is current."),
+    task: str | None = typer.Option(None, "--task", help="The task text (with SCREENSHOT...)."),
+    benchmark: str | None = typer.Option(None, "--benchmark", help="Analyze benchmark prompts instead."),
+    data: Path | None = typer.Option(None, "--data", help="Benchmark data folder (default: its env var)."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Benchmark screenshots (default: env var or --data)."
+    ),
+    split: str | None = typer.Option(None, "--split", help="Benchmark split (default: the benchmark's)."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="Benchmark samples to analyze."),
+    model: str = MODEL,
+    family: str | None = typer.Option(None, "--family", help="Agent family (default: from the model)."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    attn: str = ATTN,
+    output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Folder for sparsity.json and figures."),
+    threshold: float = typer.Option(0.01, "--threshold", help="Weights at most this count as sparse."),
+    mass: float = typer.Option(0.9, "--mass", help="Attention share the 'keys for mass' set must hold."),
+    full: bool = typer.Option(False, "--full", help="Every query row from eager attention (small inputs)."),
+    window_size: int = typer.Option(8, "--window-size", help="Query rows counted: the last N prompt tokens."),
+    html_path: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report."),
+) -> None:
+    """Attention sparsity by layer, head and key kind (current / earlier screenshots, text)."""
+    screenshots = list(screenshots or [])
+    _check_options(screenshots, task, benchmark, threshold, mass, window_size, limit, full, attn)
+    if screenshots:
+        check_screenshots(screenshots)
+    samples = load_benchmark_samples(benchmark, data, images, split, limit) if benchmark else []
+    console = Console()
+    quiet_transformers()
+    from guikv.analysis import sparsity_report
+    from guikv.models import load
+    from guikv.viz.sparsity import write_sparsity_figures
+
+    with console.status(f"loading {model}"):
+        loaded, processor = load(model, dtype, "eager" if full else attn, device)
+    agent = resolve_family(loaded, family)
+    if benchmark:
+        prompts = [(sample.sample_id, benchmark_messages(agent, sample)) for sample in samples]
+    else:
+        prompts = [("screenshots", screenshot_messages(agent, task or "", screenshots))]
+    with console.status("analyzing") as status:
+        counted = analyze_prompts(
+            loaded,
+            processor,
+            prompts,
+            full=full,
+            window_size=window_size,
+            threshold=threshold,
+            mass=mass,
+            progress=lambda sample_id, index: status.update(
+                f"analyzing {sample_id} ({index + 1}/{len(prompts)})"
+            ),
+        )
+    report = sparsity_report(
+        counted,
+        threshold=threshold,
+        mass=mass,
+        model=model,
+        family=agent.name,
+        benchmark=benchmark,
+        mode="full" if full else "window",
+        window_size=None if full else window_size,
+        attn_implementation=loaded.config._attn_implementation,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    figures = write_sparsity_figures(report, output)
+    tables = [layer_table(report), kind_table(report)]
+    lines = [composition_line(report), report["summary"]["verdict"]]
+    for table in tables:
+        console.print(table)
+    for line in lines:
+        console.print(line, highlight=False)
+    if html_path is not None:
+        write_html(html_path, f"guikv analyze-attention: {model}", [*tables, *lines], figures)
+    console.print(f"wrote {output / 'sparsity.json'} and {len(figures)} figures to {output}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `guikv analyze-attention` to the app."""
+    app.command("analyze-attention")(analyze_attention)

@@ -1,0 +1,532 @@
+"""`guikv eval`: run a model (or the oracle) on GUI-agent benchmarks under KV-cache compression.
+
+Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
+win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
+re-run resumes. Under `accelerate launch` (or torchrun) the samples are sharded over the processes
+and the main process merges the traces. A rich progress bar runs on stderr; one results table per
+benchmark is printed at the end. See docs/eval.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
+from benchmarks.common import BenchmarkSpec, LoadResult
+from benchmarks.rundir import format_budget, run_directory
+from benchmarks.runner import ORACLE, ModelResponder, OracleResponder, Responder, RunEvents, Shard, run
+from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
+from guikv.config import CompressionConfig
+from guikv.errors import UserInputError
+from guikv_cli import options
+
+INSTRUCTION_LEVELS = ("high", "low")
+DEFAULT_OUTPUT = Path("runs")
+BENCHMARK_HELP = f"One or more of: {', '.join(BENCHMARKS)} (or `benchmark:` in --config)."
+MISSING_SHOWN = 3
+"""How many missing screenshot paths a skip notice names before it only counts the rest."""
+
+_FLAG_FIELDS = ("method", "alpha", "temperature", "window_size")
+_EXTRA_COMPRESSION = {
+    f.name: type(f.default)
+    for f in dataclasses.fields(CompressionConfig)
+    if f.name not in (*_FLAG_FIELDS, "budget")
+}
+"""CompressionConfig fields without a flag of their own, settable from `--config` (and written to
+every run's config.yaml, so a run's config.yaml can be passed back as `--config`)."""
+
+_KEY_TYPES: dict[str, str] = {
+    "benchmark": "names",
+    "data": "text",
+    "images": "text",
+    "model": "text",
+    "family": "text",
+    "method": "text",
+    "budget": "numbers",
+    "screenshots": "int",
+    "limit": "int",
+    "split": "text",
+    "instruction_level": "text",
+    "max_new_tokens": "int",
+    "output": "text",
+    "resume": "bool",
+    "device": "text",
+    "dtype": "text",
+    "attn": "text",
+    "alpha": "float",
+    "temperature": "float",
+    "window_size": "int",
+    **{name: {int: "int", float: "float", str: "text"}[kind] for name, kind in _EXTRA_COMPRESSION.items()},
+}
+"""Every key a `--config` YAML may hold (flag names, `-` or `_`), with the kind of value expected."""
+
+_EXPECTED = {
+    "text": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "numbers": "a number or a list of numbers",
+    "names": "a name or a list of names",
+}
+"""How a `--config` error describes each kind of value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+    """Everything one `guikv eval` invocation was asked to do, validated."""
+
+    benchmarks: tuple[BenchmarkSpec, ...]
+    data: Path | None
+    images: Path | None
+    model: str
+    family: str
+    configs: tuple[CompressionConfig, ...]
+    screenshots: int
+    limit: int | None
+    split: str | None
+    instruction_level: str
+    max_new_tokens: int | None
+    output: Path
+    resume: bool
+    device: str
+    dtype: str
+    attn: str
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` subcommand to the guikv app."""
+    app.command("eval")(eval_command)
+
+
+def eval_command(
+    ctx: typer.Context,
+    benchmark: list[str] | None = typer.Argument(None, help=BENCHMARK_HELP),
+    data: Path | None = typer.Option(None, "--data", help="Benchmark data directory (else its env var)."),
+    images: Path | None = typer.Option(None, "--images", help="Screenshot directory (else its env var)."),
+    model: str = typer.Option(
+        "tiny", "--model", help="tiny, a hub id, a model directory, or oracle (answers the ground truth)."
+    ),
+    family: str = typer.Option("auto", "--family", help=f"auto, {', '.join(FAMILY_NAMES)}."),
+    method: str = options.METHOD,
+    budget: list[float] | None = typer.Option(
+        None, "--budget", help="Percent of prompt tokens kept (default 10); repeat for a sweep."
+    ),
+    screenshots: int = typer.Option(5, "--screenshots", help="AgentNetBench: screenshots per prompt."),
+    limit: int | None = typer.Option(None, "--limit", help="First N records per file (trajectories)."),
+    split: str | None = typer.Option(None, "--split", help="Benchmark split (default: all)."),
+    instruction_level: str = typer.Option("high", "--instruction-level", help="AndroidControl: high|low."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation cap (default: the benchmark's own)."
+    ),
+    output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Root of the run directories."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with the same keys as the flags."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip samples already finished."),
+    device: str = options.DEVICE,
+    dtype: str = options.DTYPE,
+    attn: str = options.ATTN,
+    alpha: float = options.ALPHA,
+    temperature: float = options.TEMPERATURE,
+    window_size: int = options.WINDOW,
+) -> None:
+    """Evaluate a model on GUI-agent benchmarks with a compressed KV cache; resumable, shardable."""
+    values = dict(ctx.params)
+    explicit = {name for name in values if _given(ctx, name)}
+    if config is not None:
+        for key, value in read_config(config).items():
+            if key not in explicit:
+                values[key] = value
+    execute(build_request(values))
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the flag `name` was typed on the command line (compared by name: typer ships its own
+    copy of click, whose ParameterSource enum is not click's)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings of a `--config` YAML, keys normalised to flag names with `_`; an unknown key, a
+    value of the wrong kind or an unreadable file is a one-line `UserInputError`."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserInputError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserInputError(f"--config {path}{where}: expected a YAML mapping of settings") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserInputError(
+            f"--config {path}: expected a YAML mapping of settings, got {type(data).__name__}"
+        )
+    settings: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in _KEY_TYPES:
+            raise UserInputError(
+                f"--config {path}: unknown key '{raw_key}'; expected some of: {', '.join(_KEY_TYPES)}"
+            )
+        if value is not None:
+            settings[key] = _coerce(path, str(raw_key), _KEY_TYPES[key], value)
+    return settings
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a YAML value is a number (booleans are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _coerce(path: Path, key: str, kind: str, value: Any) -> Any:
+    """A YAML value checked, and normalised, for the kind its key expects."""
+    items = value if isinstance(value, list) else [value]
+    if kind == "text" and (isinstance(value, str) or _is_number(value)):
+        return str(value)
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and _is_number(value):
+        return float(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "numbers" and items and all(_is_number(item) for item in items):
+        return [float(item) for item in items]
+    if kind == "names" and items and all(isinstance(item, str) for item in items):
+        return items
+    raise UserInputError(f"--config {path}: key '{key}': expected {_EXPECTED[kind]}, got {value!r}")
+
+
+def build_request(values: dict[str, Any]) -> EvalRequest:
+    """Validate merged settings into an `EvalRequest`; each problem is a one-line error naming the flag."""
+    names = values.get("benchmark") or []
+    if not names:
+        raise UserInputError(f"benchmark: missing; expected one or more of: {', '.join(BENCHMARKS)}")
+    specs = tuple(get_benchmark(name) for name in dict.fromkeys(names))
+    if len(specs) > 1:
+        for flag in ("data", "images", "split"):
+            if values.get(flag) is not None:
+                raise UserInputError(
+                    f"--{flag} applies to one benchmark; with several, set each one's environment "
+                    f"variables ({', '.join(s.data_env + '/' + s.images_env for s in specs)})"
+                )
+    _positive(values.get("limit"), "--limit", allow_none=True)
+    _positive(values.get("screenshots"), "--screenshots")
+    _positive(values.get("max_new_tokens"), "--max-new-tokens", allow_none=True)
+    level = values["instruction_level"]
+    if level not in INSTRUCTION_LEVELS:
+        raise UserInputError(f"--instruction-level {level} is invalid: expected high or low")
+    family = str(values["family"]).strip().lower()
+    if family != "auto":
+        get_family(family)
+    compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
+    budgets = values.get("budget") or [10.0]
+    configs = tuple(options.compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
+    return EvalRequest(
+        benchmarks=specs,
+        data=_path(values.get("data")),
+        images=_path(values.get("images")),
+        model=str(values["model"]),
+        family=family,
+        configs=configs,
+        screenshots=values["screenshots"],
+        limit=values.get("limit"),
+        split=values.get("split"),
+        instruction_level=level,
+        max_new_tokens=values.get("max_new_tokens"),
+        output=Path(values["output"]),
+        resume=values["resume"],
+        device=values["device"],
+        dtype=values["dtype"],
+        attn=values["attn"],
+    )
+
+
+def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
+    """Check a count flag: a positive integer (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserInputError(f"{flag} {value} is invalid: expected a positive integer")
+
+
+def _path(value: Any) -> Path | None:
+    """A path setting, None when absent."""
+    return None if value is None else Path(value)
+
+
+def data_paths(spec: BenchmarkSpec, data: Path | None, images: Path | None) -> tuple[Path, Path]:
+    """The benchmark's data and screenshot directories, from the flags or its environment variables."""
+    chosen: list[Path] = []
+    for given, env, flag in ((data, spec.data_env, "--data"), (images, spec.images_env, "--images")):
+        value = given if given is not None else os.environ.get(env)
+        if not value:
+            raise UserInputError(f"{spec.name}: no {flag[2:]} directory; pass {flag} or set {env}")
+        chosen.append(Path(value).expanduser().resolve())
+    return chosen[0], chosen[1]
+
+
+def load_benchmark(
+    spec: BenchmarkSpec, request: EvalRequest, notes: Callable[[str], None]
+) -> tuple[LoadResult[Any], Path, Path]:
+    """Load a benchmark's samples; say which were skipped (missing screenshots) or excluded, and fail
+    when nothing is left to run (the screenshot directory is most likely wrong)."""
+    data, images = data_paths(spec, request.data, request.images)
+    extra = {"instruction_level": request.instruction_level} if spec.name == androidcontrol.SPEC.name else {}
+    loaded = spec.load(data, images, request.split, limit=request.limit, **extra)
+    missing = [str(path) for skipped in loaded.skipped for path in skipped.missing]
+    if loaded.skipped and not loaded.samples:
+        raise UserInputError(
+            f"{spec.name}: none of the {len(loaded.skipped)} samples has its screenshot under {images} "
+            f"(first missing: {missing[0] if missing else loaded.skipped[0].sample_id}); "
+            f"expected --images or {spec.images_env} to point at the screenshots"
+        )
+    if not loaded.samples:
+        raise UserInputError(
+            f"{spec.name}: {data} holds no sample to evaluate (split {request.split or 'all'})"
+        )
+    if loaded.skipped:
+        shown = ", ".join(missing[:MISSING_SHOWN])
+        more = f" (+{len(missing) - MISSING_SHOWN} more)" if len(missing) > MISSING_SHOWN else ""
+        notes(
+            f"{spec.name}: {len(loaded.skipped)} of {len(loaded.skipped) + len(loaded.samples)} samples "
+            f"skipped, screenshot missing: {shown}{more}; counted as skipped in the summary"
+        )
+    if loaded.excluded:
+        reason = loaded.excluded[0].reason
+        notes(
+            f"{spec.name}: {len(loaded.excluded)} records excluded by the benchmark's rules ({reason}, ...)"
+        )
+    return loaded, data, images
+
+
+def make_shard(device: str) -> tuple[Shard, str]:
+    """This process's shard and the device it should use: under `accelerate launch`/torchrun
+    (WORLD_SIZE > 1) accelerate's PartialState gives the rank, the barrier and a per-process device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Shard(), device
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), timeout=timedelta(hours=24))
+    chosen = str(state.device) if device in ("auto", "cuda") else device
+    return Shard(state.process_index, state.num_processes, state.wait_for_everyone), chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class _Agent:
+    """What answers the benchmarks: its model id for settings, family, resolved dtype/attention (None
+    for the oracle) and a factory of responders per compression config and token cap."""
+
+    model_id: str
+    family: AgentFamily
+    dtype: str | None
+    attn: str | None
+    responder: Callable[[CompressionConfig, int], Responder]
+
+
+def make_agent(request: EvalRequest, device: str) -> _Agent:
+    """The oracle, or the model loaded once for every benchmark and budget."""
+    if request.model == ORACLE:
+        oracle = OracleResponder(get_family("ui-tars" if request.family == "auto" else request.family))
+        return _Agent(ORACLE, oracle.family, None, None, lambda config, tokens: oracle)
+    from guikv.models import load
+    from guikv.models.loading import DTYPES, resolve_attention, resolve_device, resolve_dtype
+
+    options.quiet_transformers()
+    torch_device = resolve_device(device)
+    dtype = next(
+        name for name, value in DTYPES.items() if value == resolve_dtype(request.dtype, torch_device)
+    )
+    attn = resolve_attention(request.attn, torch_device)
+    model, processor = load(request.model, dtype=dtype, attn_implementation=attn, device=str(torch_device))
+    family = get_family(detect_family(model.config) if request.family == "auto" else request.family)
+    path = Path(request.model).expanduser()
+    model_id = str(path.resolve()) if path.is_dir() else request.model
+    return _Agent(
+        model_id, family, dtype, attn, lambda config, tokens: ModelResponder(model, processor, config, tokens)
+    )
+
+
+def run_settings(
+    spec: BenchmarkSpec,
+    request: EvalRequest,
+    agent: _Agent,
+    config: CompressionConfig,
+    paths: tuple[Path, Path],
+) -> dict[str, Any]:
+    """Every setting of one run, in the order config.yaml shows them; their hash names the directory."""
+    compression = config.to_dict()
+    return {
+        "benchmark": spec.name,
+        "split": request.split or spec.default_split,
+        "data": str(paths[0]),
+        "images": str(paths[1]),
+        "model": agent.model_id,
+        "family": agent.family.name,
+        "method": compression.pop("method"),
+        "budget": float(compression.pop("budget")),
+        "alpha": float(compression.pop("alpha")),
+        "temperature": float(compression.pop("temperature")),
+        "window_size": compression.pop("window_size"),
+        "screenshots": request.screenshots if spec.name == agentnetbench.SPEC.name else None,
+        "limit": request.limit,
+        "max_new_tokens": request.max_new_tokens or spec.max_new_tokens,
+        "dtype": agent.dtype,
+        "attn": agent.attn,
+        "instruction_level": request.instruction_level if spec.name == androidcontrol.SPEC.name else None,
+        **compression,
+    }
+
+
+class _Display:
+    """The rich side of a run on stderr: notices, and a progress bar (main process only)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not shard.is_main,
+        )
+        self.task: TaskID | None = None
+        self.live = False
+
+    def note(self, text: str) -> None:
+        """Print one notice line from the run (a resume, a dropped line, a failed generation); other
+        processes' notices carry their rank."""
+        prefix = f"[rank {self.shard.index}] " if self.shard.count > 1 else ""
+        self.progress.console.print(prefix + text, style="yellow", markup=False)
+
+    def main_note(self, text: str) -> None:
+        """Print a notice every process would give alike (skipped screenshots) from the main one only."""
+        if self.shard.is_main:
+            self.progress.console.print(text, style="yellow", markup=False)
+
+    def start(self, label: str, total: int) -> None:
+        """A new progress bar for one run (the display goes live with the first one, so an error
+        before any sample runs prints only its own line)."""
+        if not self.live:
+            self.progress.start()
+            self.live = True
+        self.task = self.progress.add_task(label, total=total)
+
+    def stop(self) -> None:
+        """End the live display, leaving the finished bars on screen."""
+        if self.live:
+            self.progress.stop()
+            self.live = False
+
+    def advance(self) -> None:
+        """One sample done."""
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def events(self) -> RunEvents:
+        """The runner callbacks bound to this display."""
+        return RunEvents(note=self.note, start=self.start, advance=self.advance)
+
+
+def execute(request: EvalRequest) -> None:
+    """Load every benchmark (fail fast on bad data), load the model once, run each (benchmark, budget)
+    into its run directory and print one table per benchmark."""
+    shard, device = make_shard(request.device)
+    display = _Display(shard)
+    loaded = [(spec, *load_benchmark(spec, request, display.main_note)) for spec in request.benchmarks]
+    agent = make_agent(request, device)
+    tables: list[Table] = []
+    try:
+        for spec, samples, data, images in loaded:
+            summaries: list[dict[str, Any]] = []
+            for config in request.configs:
+                settings = run_settings(spec, request, agent, config, (data, images))
+                run_dir = run_directory(request.output, settings)
+                responder = agent.responder(config, settings["max_new_tokens"])
+                summary = run(
+                    spec,
+                    samples,
+                    settings,
+                    run_dir,
+                    responder,
+                    agent.family,
+                    screenshots=request.screenshots,
+                    resume=request.resume,
+                    shard=shard,
+                    events=display.events(),
+                )
+                if summary is not None:
+                    summaries.append({**summary, "run_dir": str(run_dir)})
+            if summaries:
+                tables.append(results_table(spec, summaries))
+    finally:
+        display.stop()
+    if shard.is_main:
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 160)
+        for table in tables:
+            console.print(table)
+
+
+def _percent(value: Any) -> str:
+    """A 0-1 metric as a percentage with one decimal; missing values as a dash."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—"
+    return f"{100 * value:.1f}"
+
+
+def _saved(value: Any) -> str:
+    """A saved-percentage number with one decimal; a dash when nothing was measured (the oracle)."""
+    return "—" if value is None else f"{value:.1f}"
+
+
+def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> Table:
+    """One benchmark's results: a row per method and budget, its own metric columns (in %), decode
+    FLOPs and KV memory saved (%), and how many samples were scored, skipped (and failed)."""
+    first = summaries[0]
+    failed = any(s["samples_failed"] for s in summaries)
+    table = Table(
+        title=Text(f"{spec.title} · {first['model']} ({first['family']})", style="bold"),
+        caption=Text(f"metrics in %; runs under {Path(first['run_dir']).parent}", style="dim"),
+    )
+    table.add_column("method")
+    table.add_column("budget %", justify="right")
+    for column in spec.metric_columns:
+        table.add_column(column, justify="right")
+    for column in (
+        "decode FLOPs saved %",
+        "KV saved %",
+        "scored",
+        "skipped",
+        *(("failed",) if failed else ()),
+    ):
+        table.add_column(column, justify="right")
+    for summary in summaries:
+        saved = summary["savings"]
+        table.add_row(
+            summary["method"],
+            format_budget(summary["budget"]),
+            *(_percent(summary["metrics"].get(column)) for column in spec.metric_columns),
+            _saved(saved["decode_flops_saved_percent"]),
+            _saved(saved["kv_saved_percent"]),
+            str(summary["samples_scored"]),
+            str(summary["samples_skipped"]),
+            *((str(summary["samples_failed"]),) if failed else ()),
+        )
+    return table

@@ -1,0 +1,222 @@
+"""`guikv compare` on finished eval runs (synthetic run directories in the eval contract's format):
+discovery, grouping by benchmark, the table, compare.json, figures; the option parsers; and every
+bad input as one line with exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from guikv.errors import UserInputError
+from guikv_cli.app import main
+from guikv_cli.compare import find_runs, group_runs, method_pairs, parse_budgets, parse_methods, runs_table
+
+AGENTNET_COLUMNS = ["overall_score", "average_trajectory_score", "milestone_score", "hit_rate"]
+
+
+def write_run(
+    root: Path,
+    method: str,
+    budget: float,
+    score: float,
+    *,
+    benchmark: str = "agentnetbench",
+    title: str = "AgentNetBench",
+    columns: list[str] | None = None,
+    **overrides: Any,
+) -> Path:
+    """A finished eval run directory `<root>/<benchmark>/tiny/<method>-b<budget>-<hash>` holding
+    config.yaml, samples.jsonl and summary.json as `guikv eval` writes them."""
+    columns = columns or AGENTNET_COLUMNS
+    directory = root / benchmark / "tiny" / f"{method}-b{budget:g}-0123abcd"
+    directory.mkdir(parents=True)
+    full_bytes = 1_000_000
+    kept = full_bytes if method == "full" else full_bytes * budget / 100
+    summary = {
+        "benchmark": benchmark,
+        "title": title,
+        "model": "tiny",
+        "family": "ui-tars",
+        "method": method,
+        "budget": budget,
+        "config": {"method": method, "budget": budget, "window_size": 8},
+        "metric_columns": columns,
+        "metrics": {column: score - 0.1 * index for index, column in enumerate(columns)} | {"total_steps": 7},
+        "savings": {
+            "decode_flops_saved_percent": 100 * (1 - kept / full_bytes) * 0.4,
+            "decode_attention_flops_saved_percent": 100 * (1 - kept / full_bytes),
+            "kv_saved_percent": 100 * (1 - kept / full_bytes),
+            "kv_bytes_full_mean": full_bytes,
+            "kv_bytes_kept_mean": kept,
+        },
+        "samples_scored": 7,
+        "samples_skipped": 0,
+        "skipped": [],
+        "samples_failed": 0,
+        **overrides,
+    }
+    (directory / "config.yaml").write_text(f"method: {method}\nbudget: {budget}\n")
+    (directory / "samples.jsonl").write_text(json.dumps({"sample_id": "t/1", "benchmark": benchmark}) + "\n")
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return directory
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """Full cache, SnapKV and GUI-KV at two budgets on AgentNetBench, and one ScreenSpot-v2 run."""
+    root = tmp_path / "runs"
+    write_run(root, "full", 100, 0.60)
+    for budget, snap, gui in ((5, 0.40, 0.50), (20, 0.52, 0.58)):
+        write_run(root, "snapkv", budget, snap)
+        write_run(root, "gui_kv", budget, gui)
+    write_run(
+        root, "gui_kv", 10, 0.7, benchmark="screenspot-v2", title="ScreenSpot-v2",
+        columns=["overall_mean_of_means", "text_accuracy"],
+    )  # fmt: skip
+    return root
+
+
+def render(table: Any) -> str:
+    """The table as plain text, wide enough not to wrap."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["guikv", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out, captured.err
+
+
+def test_runs_are_found_below_parents_and_grouped_by_benchmark(runs: Path):
+    two = [
+        runs / "agentnetbench" / "tiny" / "snapkv-b5-0123abcd",
+        runs / "agentnetbench" / "tiny" / "full-b100-0123abcd",
+    ]
+    assert [run.path.name for run in find_runs(two)] == ["snapkv-b5-0123abcd", "full-b100-0123abcd"]
+    found = find_runs([runs, runs / "agentnetbench"])
+    assert len(found) == 6
+    groups = group_runs(found)
+    assert list(groups) == ["agentnetbench", "screenspot-v2"]
+    order = [(run.summary["method"], run.summary["budget"]) for run in groups["agentnetbench"]]
+    assert order == [("full", 100), ("snapkv", 5), ("snapkv", 20), ("gui_kv", 5), ("gui_kv", 20)]
+
+
+def test_table_from_two_run_directories(runs: Path):
+    directories = [
+        runs / "agentnetbench" / "tiny" / name for name in ("gui_kv-b5-0123abcd", "snapkv-b5-0123abcd")
+    ]
+    groups = group_runs(find_runs(directories))
+    lines = [
+        line.split() for line in render(runs_table("agentnetbench", groups["agentnetbench"])).splitlines()
+    ]
+    lines = [line for line in lines if line]
+    assert lines[0] == ["AgentNetBench", "(agentnetbench)"]
+    assert lines[1:4] == [
+        ["average", "decode"],
+        ["overall", "trajectory", "milestone", "hit", "KV", "FLOPs", "KV", "MiB"],
+        ["method", "budget", "score", "score", "score", "rate", "saved", "saved", "kept"],
+    ]
+    assert lines[5] == ["snapkv", "5%", "0.400", "0.300", "0.200", "0.100", "95.0%", "38.0%", "0.05"]
+    assert lines[6] == ["gui_kv", "5%", "0.500", "0.400", "0.300", "0.200", "95.0%", "38.0%", "0.05"]
+    assert lines[7] == ["samples", "per", "run:", "7", "scored"]
+
+
+def test_table_shows_differing_sample_counts_and_several_models(tmp_path: Path):
+    write_run(tmp_path / "a", "snapkv", 5, 0.4)
+    write_run(tmp_path / "b", "snapkv", 5, 0.4, model="other", samples_skipped=2, samples_failed=1)
+    runs = group_runs(find_runs([tmp_path]))["agentnetbench"]
+    text = render(runs_table("agentnetbench", runs))
+    assert "model" in text and "other" in text and "samples" in text
+    assert "7 scored, 2 skipped, 1 failed" in text
+
+
+def test_cli_writes_grouped_tables_json_figures_and_html(monkeypatch, capsys, runs: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    code, stdout, stderr = run_main(
+        monkeypatch, capsys, "compare", runs, "--output", out, "--html", out / "r.html"
+    )
+    assert code == 0, stderr
+    assert "AgentNetBench (agentnetbench)" in stdout and "ScreenSpot-v2 (screenspot-v2)" in stdout
+    document = json.loads((out / "compare.json").read_text())
+    assert [group["benchmark"] for group in document["groups"]] == ["agentnetbench", "screenspot-v2"]
+    first = document["groups"][0]["runs"][0]
+    assert first["method"] == "full" and first["metrics"]["overall_score"] == pytest.approx(0.6)
+    assert document["figures"] == ["accuracy_vs_budget.png", "accuracy_vs_kv_memory.png"]
+    for name in document["figures"]:
+        assert np.asarray(Image.open(out / name).convert("L"), dtype=float).std() > 10
+    page = (out / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "ScreenSpot-v2" in page
+
+
+def test_metric_option_picks_the_plotted_metric(monkeypatch, capsys, runs: Path, tmp_path: Path):
+    agentnet = runs / "agentnetbench"
+    code, _, stderr = run_main(
+        monkeypatch, capsys, "compare", agentnet, "--metric", "hit_rate", "--output", tmp_path
+    )
+    assert code == 0, stderr
+    code, _, stderr = run_main(
+        monkeypatch, capsys, "compare", runs, "--metric", "hit_rate", "--output", tmp_path
+    )
+    assert code == 2 and "not a metric of screenspot-v2" in stderr
+
+
+def test_parsers():
+    assert parse_methods(" gui_kv, snapkv,gui_kv ") == ["gui_kv", "snapkv"]
+    assert parse_budgets("40, 1,5,5") == [1.0, 5.0, 40.0]
+    assert method_pairs(["full", "snapkv"], [1, 10]) == [("full", 100.0), ("snapkv", 1), ("snapkv", 10)]
+    with pytest.raises(UserInputError, match="--methods is empty"):
+        parse_methods(" , ")
+    with pytest.raises(UserInputError, match="unknown method 'h2o'"):
+        parse_methods("snapkv,h2o")
+    with pytest.raises(UserInputError, match="outside"):
+        parse_budgets("0")
+
+
+def broken_summary(root: Path) -> Path:
+    """A run directory whose summary.json lacks `metrics` and `savings`."""
+    directory = write_run(root, "snapkv", 5, 0.4)
+    summary = json.loads((directory / "summary.json").read_text())
+    del summary["savings"], summary["metrics"]
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return directory
+
+
+BAD_INPUTS: list[tuple[Callable[[Path, Path], list[str]], str]] = [
+    (lambda tmp, shot: [tmp / "empty"], "not an eval run (no summary.json in it or below)"),
+    (lambda tmp, shot: [broken_summary(tmp / "broken")], "missing metrics, savings"),
+    (lambda tmp, shot: [tmp / "nowhere"], "no such file or folder"),
+    (lambda tmp, shot: [tmp / "empty", shot], "not both"),
+    (lambda tmp, shot: [tmp / "empty", "--budgets", "5"], "--budgets belong to the screenshot form"),
+    (lambda tmp, shot: [shot], "needs --task"),
+    (lambda tmp, shot: [shot, "--task", "t", "--methods", "snapkv,h2o"], "unknown method 'h2o'"),
+    (lambda tmp, shot: [shot, "--task", "t", "--budgets", ","], "--budgets is empty"),
+    (lambda tmp, shot: [shot, "--task", "t", "--budgets", "5,150"], "150 is outside (0, 100]"),
+    (lambda tmp, shot: [shot, "--task", "t", "--budgets", "five"], "'five' is not a number"),
+    (lambda tmp, shot: [shot, "--task", "t", "--metric", "x"], "--metric belongs to the eval run form"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_inputs_exit_2_with_one_line(monkeypatch, capsys, tmp_path: Path, make_png, args, message: str):
+    (tmp_path / "empty").mkdir()
+    shot = make_png(tmp_path / "shot.png", (64, 40))
+    code, _, stderr = run_main(monkeypatch, capsys, "compare", *args(tmp_path, shot))
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr

@@ -1,0 +1,158 @@
+"""The `guikv eval` command end to end: the tiny model on all five benchmarks in a real subprocess, and
+every bad input as one line on stderr with exit code 2, no traceback, nothing written lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eval_helpers import BENCHMARK_NAMES, build_all, environment, records, run_cli, summaries, write_png
+
+from benchmarks import get_benchmark
+from benchmarks.runner import COST_FIELDS
+
+Datasets = dict[str, tuple[Path, Path]]
+
+
+@pytest.fixture(scope="module")
+def datasets(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Datasets:
+    """Full-size datasets for the bad-input cases (built once for this module)."""
+    return build_all(fixtures_dir, tmp_path_factory.mktemp("cli-data"), write_png)
+
+
+def test_tiny_model_on_every_benchmark(fixtures_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    """One subprocess runs the five benchmarks (data from the environment variables) with the tiny
+    model on small placeholder screenshots, and measures what compression saved."""
+    small = build_all(fixtures_dir, tmp_path / "data", write_png, scale=0.1)
+    command = [sys.executable, "-m", "guikv_cli", "eval", *BENCHMARK_NAMES, "--model", str(tiny_dir)]
+    options = ["--max-new-tokens", "8", "--limit", "1", "--screenshots", "2", "--device", "cpu"]
+    completed = subprocess.run(
+        [*command, *options, "--output", str(tmp_path / "runs")],
+        env={**os.environ, **environment(small)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    runs = summaries(tmp_path / "runs")
+    assert sorted(summary["benchmark"] for summary in runs.values()) == sorted(BENCHMARK_NAMES)
+    for run, summary in runs.items():
+        assert summary["config"]["max_new_tokens"] == 8 and summary["config"]["dtype"] == "float32"
+        assert summary["samples_scored"] > 0 and summary["samples_failed"] == 0
+        assert 0 < summary["savings"]["kv_saved_percent"] < 100
+        assert 0 < summary["savings"]["decode_flops_saved_percent"] < 100
+        assert get_benchmark(summary["benchmark"]).title in completed.stdout
+        for row in records(tmp_path / "runs" / run):
+            assert row["prompt_tokens"] > row["kept_tokens"] > 0
+            assert row["kv_bytes_full"] > row["kv_bytes_kept"] > 0
+            assert set(COST_FIELDS) <= set(row) and row["generated_tokens"] <= 8 * row["model_calls"]
+    agentnet = next(s for s in runs.values() if s["benchmark"] == "agentnetbench")
+    assert agentnet["samples_scored"] == 3 and agentnet["config"]["screenshots"] == 2
+
+
+def write_android(data: Path, edit: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Rewrite `500_steps.json` in `data` after `edit` changed its records in place."""
+    path = data / "500_steps.json"
+    rows = json.loads(path.read_text())
+    edit(rows)
+    path.write_text(json.dumps(rows))
+
+
+BAD_INPUTS: dict[str, tuple[list[str], str]] = {
+    "missing data directory": (["screenspot-v2", "--data", "{tmp}/nowhere"], "nowhere: expected a directory"),
+    "wrong layout": (
+        ["screenspot-v2", "--data", "{mind2web_data}"],
+        "screenspot_mobile_v2.json: expected an",
+    ),
+    "missing field": (["androidcontrol", "--data", "{broken_android}"], "(record 1): field 'goal': expected"),
+    "unknown benchmark": (["screenspot-v3"], "benchmark: unknown name 'screenspot-v3'"),
+    "unknown split": (["screenspot-v2", "--split", "tablet"], "--split: unknown value 'tablet'"),
+    "limit 0": (["screenspot-v2", "--limit", "0"], "--limit 0 is invalid: expected a positive integer"),
+    "unwritable output": (["screenspot-v2", "--output", "{tmp}/a-file/runs"], "--output: cannot write"),
+    "unknown yaml key": (["screenspot-v2", "--config", "{tmp}/bad.yaml"], "unknown key 'bugdet'"),
+    "wrong screenshots directory": (["screenspot-v2", "--images", "{tmp}"], "none of the 6 samples"),
+    "no data at all": (["mind2web"], "mind2web: no data directory; pass --data or set MM_MIND2WEB_TEST"),
+    "budget out of range": (["screenspot-v2", "--budget", "150"], "--budget 150.0 is invalid"),
+    "data flag with several benchmarks": (
+        ["screenspot-v2", "androidcontrol", "--data", "{tmp}"],
+        "--data applies",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(
+    case: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "bad.yaml").write_text("bugdet: 10\n")
+    broken = tmp_path / "android"
+    broken.mkdir()
+    (broken / "500_steps.json").write_text((datasets["androidcontrol"][0] / "500_steps.json").read_text())
+    write_android(broken, lambda rows: rows[1].pop("goal"))
+    monkeypatch.delenv("MM_MIND2WEB_TEST", raising=False)
+    monkeypatch.setenv("SCREENSPOT_TEST", str(datasets["screenspot-v2"][0]))
+    monkeypatch.setenv("SCREENSPOT_IMGS", str(datasets["screenspot-v2"][1]))
+    monkeypatch.setenv("ANDROIDCONTROL_IMGS", str(datasets["androidcontrol"][1]))
+    places = {
+        "tmp": str(tmp_path),
+        "mind2web_data": str(datasets["mind2web"][0]),
+        "broken_android": str(broken),
+    }
+    args, expected = BAD_INPUTS[case]
+    filled = [arg.format(**places) for arg in args]
+    output = [] if "--output" in filled else ["--output", str(tmp_path / "runs")]
+    result = run_cli(["eval", *filled, "--model", "oracle", *output], monkeypatch, capsys)
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert expected.format(**places) in lines[0]
+    assert not list(tmp_path.rglob("*.jsonl"))
+
+
+def test_bad_input_keeps_what_was_written(
+    datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    data, images = datasets["androidcontrol"]
+    args = ["eval", "androidcontrol", "--model", "oracle", "--data", str(data), "--images", str(images)]
+    args += ["--output", str(tmp_path)]
+    assert run_cli(args, monkeypatch, capsys).code == 0
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for bad in (
+        ["--no-resume", "--limit", "0"],
+        ["--no-resume", "--split", "tablet"],
+        ["--no-resume", "--budget", "0"],
+    ):
+        assert run_cli([*args, *bad], monkeypatch, capsys).code == 2
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_a_real_process_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guikv_cli",
+            "eval",
+            "agentnetbench",
+            "--data",
+            str(tmp_path / "none"),
+            "--images",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none'}: expected a directory holding AgentNetBench trajectory JSON files "
+        "(set AGENTNETBENCH_DATA or the matching flag)"
+    ]
