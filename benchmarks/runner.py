@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from benchmarks import agentnetbench, androidcontrol, mind2web
 from benchmarks.common import BenchmarkSpec, LoadResult, SkippedSample, image_size
+from benchmarks.prompts import ground_truth_history, sample_prompt
 from benchmarks.rundir import (
     SAMPLES_FILE,
     SUMMARY_FILE,
@@ -37,7 +38,7 @@ from benchmarks.rundir import (
     shard_file,
     write_json,
 )
-from guikv.agents import Action, AgentFamily, Message, Monologue
+from guikv.agents import Action, AgentFamily, Message
 from guikv.agents.prompting import HistoryEntry
 from guikv.errors import UserInputError
 
@@ -191,29 +192,12 @@ class _Player:
         """Run one sample to its scored record (never raises on a failed generation: B7)."""
         if self.spec.name == mind2web.SPEC.name:
             return self._web(sample)
-        messages, image = self._prompt(sample)
+        history = None
+        if isinstance(sample, agentnetbench.AgentNetStep):
+            history = [self._history_entry(sample.task_id, past) for past in sample.history]
+        messages, image = sample_prompt(self.family, sample, history=history, screenshots=self.screenshots)
         turn = self._call(sample, messages, lambda: self.spec.ground_truth_action(sample), image_size(image))
         return self._record(sample, [turn], self.spec.score(sample, turn.action))
-
-    def _prompt(self, sample: Any) -> tuple[list[Message], Path]:
-        """The family's messages for a single-call benchmark, and the current screenshot."""
-        name = self.spec.name
-        if name == agentnetbench.SPEC.name:
-            screens = [past.image if past.image_exists else None for past in sample.history]
-            messages = self.family.computer_use_messages(
-                sample.instruction,
-                [*screens, sample.image],
-                [self._history_entry(sample.task_id, past) for past in sample.history],
-                max_history_screenshots=self.screenshots - 1,
-            )
-        elif name == androidcontrol.SPEC.name:
-            step = sample.step_instruction if sample.instruction_level == "low" else None
-            messages = self.family.mobile_messages(
-                sample.goal, sample.image, sample.previous_actions, step_instruction=step
-            )
-        else:
-            messages = self.family.grounding_messages(sample.instruction, sample.image)
-        return messages, sample.image
 
     def _history_entry(self, task_id: str, past: agentnetbench.PastStep) -> HistoryEntry:
         """An earlier step's history: the model's own raw output from its record, else (the step was
@@ -221,9 +205,7 @@ class _Player:
         record = self.finished.get(f"{task_id}/{past.step_num}")
         if record is not None:
             return str(record["raw_output"])
-        monologue = past.monologue
-        action = monologue.low_level_instruction or past.action_code
-        return Monologue(monologue.observation, monologue.thought, action)
+        return ground_truth_history(past)
 
     def _web(self, sample: mind2web.Mind2WebSample) -> Record:
         """The Mind2Web scroll loop: up to `MAX_MODEL_CALLS` calls, scrolling between blocks."""
@@ -232,9 +214,7 @@ class _Player:
         turns: list[_Turn] = []
         while True:
             current = block
-            messages = self.family.web_messages(
-                sample.task, sample.blocks[current], (*sample.previous_actions, *notes)
-            )
+            messages, _ = sample_prompt(self.family, sample, block=current, notes=notes)
             turn = self._call(
                 sample,
                 messages,

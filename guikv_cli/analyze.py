@@ -67,34 +67,6 @@ def resolve_family(model: Any, family: str | None) -> Any:
     return get_family(family or detect_family(model.config))
 
 
-def benchmark_messages(family: Any, sample: Any) -> list[dict[str, Any]]:
-    """The family's prompt for one benchmark sample, as the benchmark's evaluation builds it.
-
-    AgentNetBench shows up to 4 earlier screenshots (the 5-screenshot setting) and, having no
-    model outputs to replay, each earlier step's ground-truth monologue as its history text.
-    """
-    from benchmarks.agentnetbench import AgentNetStep
-    from benchmarks.androidcontrol import AndroidControlSample
-    from benchmarks.mind2web import Mind2WebSample
-    from guikv.agents import Monologue
-
-    if isinstance(sample, AgentNetStep):
-        screenshots = [past.image if past.image_exists else None for past in sample.history]
-        history = [
-            Monologue(
-                past.monologue.observation, past.monologue.thought, past.monologue.low_level_instruction
-            )
-            for past in sample.history
-        ]
-        return family.computer_use_messages(sample.instruction, [*screenshots, sample.image], history)
-    if isinstance(sample, AndroidControlSample):
-        step = sample.step_instruction if sample.instruction_level == "low" else None
-        return family.mobile_messages(sample.goal, sample.image, sample.previous_actions, step)
-    if isinstance(sample, Mind2WebSample):
-        return family.web_messages(sample.task, sample.blocks[0], sample.previous_actions)
-    return family.grounding_messages(sample.instruction, sample.image)
-
-
 def load_benchmark_samples(
     name: str, data: Path | None, images: Path | None, split: str | None, limit: int
 ) -> list[Any]:
@@ -356,6 +328,7 @@ def analyze_attention(
     samples = load_benchmark_samples(benchmark, data, images, split, limit) if benchmark else []
     console = Console()
     quiet_transformers()
+    from benchmarks.prompts import sample_prompt
     from guikv.analysis import sparsity_report
     from guikv.models import load
     from guikv.viz.sparsity import write_sparsity_figures
@@ -364,7 +337,7 @@ def analyze_attention(
         loaded, processor = load(model, dtype, "eager" if full else attn, device)
     agent = resolve_family(loaded, family)
     if benchmark:
-        prompts = [(sample.sample_id, benchmark_messages(agent, sample)) for sample in samples]
+        prompts = [(sample.sample_id, sample_prompt(agent, sample)[0]) for sample in samples]
     else:
         prompts = [("screenshots", screenshot_messages(agent, task or "", screenshots))]
     with console.status("analyzing") as status:
