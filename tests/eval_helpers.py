@@ -11,6 +11,7 @@ on full-size placeholders. Everything is written under the given root, never int
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -74,20 +75,20 @@ def agentnetbench(fixtures: Path, root: Path, make_png: MakePng, scale: float = 
     return target, target / "images"
 
 
-def _node(x_min: int, y_min: int, x_max: int, y_max: int, **texts: str) -> dict[str, Any]:
+def node(x_min: int, y_min: int, x_max: int, y_max: int, **texts: str) -> dict[str, Any]:
     """An accessibility node as android_env's UIElement.to_dict() writes it (the fields we read)."""
     box = {"x_min": x_min, "x_max": x_max, "y_min": y_min, "y_max": y_max}
     return {"bbox_pixels": box, "text": None, "content_description": None, "is_visible": True, **texts}
 
 
 ANDROID_TREE: list[Any] = [
-    _node(0, 0, *PHONE),
+    node(0, 0, *PHONE),
     [
-        _node(100, 200, 500, 400, text="Search"),
-        [_node(120, 250, 220, 350, content_description="Search icon")],
+        node(100, 200, 500, 400, text="Search"),
+        [node(120, 250, 220, 350, content_description="Search icon")],
     ],
-    _node(0, 2200, 150, 2400, content_description="Navigate up (Back)"),
-    _node(600, 1000, 800, 1200, text="Gmail"),
+    node(0, 2200, 150, 2400, content_description="Navigate up (Back)"),
+    node(600, 1000, 800, 1200, text="Gmail"),
 ]
 
 ANDROID_ACTIONS: list[dict[str, Any]] = [
@@ -113,8 +114,8 @@ def android_records() -> list[dict[str, Any]]:
             "step_instruction": f"do step {step}",
             "previous_actions": [f"action {i}" for i in range(step)],
             "screenshot": f"4242/screenshot_{step}.png",
-            "action": action,
-            "accessibility_tree": ANDROID_TREE,
+            "action": dict(action),
+            "accessibility_tree": copy.deepcopy(ANDROID_TREE),
         }
         for step, action in enumerate(ANDROID_ACTIONS)
     ]
@@ -253,3 +254,23 @@ def summaries(output: Path) -> dict[str, dict[str, Any]]:
 def records(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run directory's `samples.jsonl`."""
     return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def oracle_eval_args(
+    name: str, datasets: dict[str, tuple[Path, Path]], output: Path, *extra: str
+) -> list[str]:
+    """`guikv eval NAME --model oracle` on a dataset built by `build_all`, writing under `output`."""
+    data, images = datasets[name]
+    return [
+        "eval",
+        name,
+        "--model",
+        "oracle",
+        "--data",
+        str(data),
+        "--images",
+        str(images),
+        "--output",
+        str(output),
+        *extra,
+    ]

@@ -3,75 +3,31 @@ could be shipped), the step-accuracy rule, and the B10 fixes."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eval_helpers import ANDROID_ACTIONS, PHONE, android_records
 
 from benchmarks import androidcontrol as ac
 from benchmarks.common import DataError
 from guikv.agents.action import Action, ActionType
 from guikv.errors import UserInputError
 
-WIDTH, HEIGHT = 1080, 2400
+WIDTH, HEIGHT = PHONE
+ACTIONS = ANDROID_ACTIONS
 
 MakePng = Callable[[Path, tuple[int, int]], Path]
 Mutation = Callable[[dict[str, Any]], object]
-
-
-def node(x_min: float, y_min: float, x_max: float, y_max: float, **texts: str) -> dict[str, Any]:
-    """An element as android_env's UIElement.to_dict() writes it (only the fields we read, plus one)."""
-    box = {"x_min": x_min, "x_max": x_max, "y_min": y_min, "y_max": y_max}
-    return {"bbox_pixels": box, "text": None, "content_description": None, "is_visible": True, **texts}
-
-
-TREE: list[Any] = [
-    node(0, 0, WIDTH, HEIGHT),
-    [
-        node(100, 200, 500, 400, text="Search"),
-        [node(120, 250, 220, 350, content_description="Search icon")],
-    ],
-    node(0, 2200, 150, 2400, content_description="Navigate up (Back)"),
-    node(600, 1000, 800, 1200, text="Gmail"),
-]
-
-ACTIONS: list[dict[str, Any]] = [
-    {"action_type": "click", "x": 170, "y": 300},
-    {"action_type": "long_press", "x": 300, "y": 380},
-    {"action_type": "type_text", "text": "coffee near me"},
-    {"action_type": "scroll", "direction": "down"},
-    {"action_type": "open_app", "app_name": "Gmail"},
-    {"action_type": "navigate_back"},
-    {"action_type": "navigate_home"},
-    {"action_type": "wait"},
-    {"action_type": "status", "goal_status": "successful"},
-]
-
-
-def records() -> list[dict[str, Any]]:
-    return [
-        {
-            "episode_id": 4242,
-            "step": step,
-            "goal": "Find a coffee shop",
-            "step_instruction": f"do step {step}",
-            "previous_actions": [f"action {i}" for i in range(step)],
-            "screenshot": f"4242/screenshot_{step}.png",
-            "action": dict(action),
-            "accessibility_tree": copy.deepcopy(TREE),
-        }
-        for step, action in enumerate(ACTIONS)
-    ]
 
 
 @pytest.fixture
 def dataset(tmp_path: Path, make_png: MakePng) -> tuple[Path, Path]:
     data, images = tmp_path / "data", tmp_path / "images"
     data.mkdir()
-    (data / "500_steps.json").write_text(json.dumps(records()))
+    (data / "500_steps.json").write_text(json.dumps(android_records()))
     for step in range(len(ACTIONS)):
         make_png(images / "4242" / f"screenshot_{step}.png", (WIDTH, HEIGHT))
     return data, images
@@ -157,7 +113,7 @@ def test_malformed_and_wrong_layout(dataset: tuple[Path, Path]) -> None:
 )
 def test_bad_record_names_field(dataset: tuple[Path, Path], mutate: Mutation, field: str) -> None:
     data, images = dataset
-    rows = records()
+    rows = android_records()
     mutate(rows[0])
     write(data, rows)
     with pytest.raises(DataError) as info:
@@ -169,7 +125,7 @@ def test_bad_record_names_field(dataset: tuple[Path, Path], mutate: Mutation, fi
 
 def test_low_level_needs_step_instruction(dataset: tuple[Path, Path]) -> None:
     data, images = dataset
-    rows = records()
+    rows = android_records()
     del rows[0]["step_instruction"]
     write(data, rows)
     assert ac.load(data, images).samples[0].step_instruction == ""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from eval_helpers import BENCHMARK_NAMES, build_all, records, run_cli, summaries, write_png
+from eval_helpers import BENCHMARK_NAMES, build_all, oracle_eval_args, records, run_cli, summaries, write_png
 
 from benchmarks import get_benchmark
 from benchmarks.runner import COST_FIELDS
@@ -33,29 +33,11 @@ def datasets(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Da
     return build_all(fixtures_dir, tmp_path_factory.mktemp("oracle-data"), write_png)
 
 
-def oracle_args(name: str, datasets: Datasets, output: Path, *extra: str) -> list[str]:
-    """`guikv eval NAME --model oracle` on the module's data, writing under `output`."""
-    data, images = datasets[name]
-    return [
-        "eval",
-        name,
-        "--model",
-        "oracle",
-        "--data",
-        str(data),
-        "--images",
-        str(images),
-        "--output",
-        str(output),
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize("name", BENCHMARK_NAMES)
 def test_oracle_scores_everything(
     name: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    result = run_cli(oracle_args(name, datasets, tmp_path), monkeypatch, capsys)
+    result = run_cli(oracle_eval_args(name, datasets, tmp_path), monkeypatch, capsys)
     assert result.code == 0, result.err
     [(run, summary)] = summaries(tmp_path).items()
     assert run.startswith(f"{name}/oracle/gui_kv-b10-")
@@ -70,7 +52,7 @@ def test_run_directory_contract(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """The files and fields `guikv compare` reads (docs/eval.md)."""
-    result = run_cli(oracle_args("mind2web", datasets, tmp_path), monkeypatch, capsys)
+    result = run_cli(oracle_eval_args("mind2web", datasets, tmp_path), monkeypatch, capsys)
     assert result.code == 0, result.err
     [run_dir] = [p.parent for p in tmp_path.rglob("summary.json")]
     assert sorted(p.name for p in run_dir.iterdir()) == [
@@ -130,7 +112,7 @@ def test_run_directory_contract(
 def test_oracle_in_opencua_format(
     name: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    result = run_cli(oracle_args(name, datasets, tmp_path, "--family", "opencua"), monkeypatch, capsys)
+    result = run_cli(oracle_eval_args(name, datasets, tmp_path, "--family", "opencua"), monkeypatch, capsys)
     assert result.code == 0, result.err
     [summary] = summaries(tmp_path).values()
     assert summary["family"] == "opencua"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from eval_helpers import build_all, records, run_cli, summaries, write_png
+from eval_helpers import build_all, oracle_eval_args, records, run_cli, summaries, write_png
 
 from benchmarks import get_benchmark
 from benchmarks.rundir import SUMMARY_FILE, read_trace, run_lock
@@ -26,24 +26,6 @@ def datasets(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Da
     return build_all(fixtures_dir, tmp_path_factory.mktemp("resume-data"), write_png)
 
 
-def eval_args(name: str, datasets: Datasets, output: Path, *extra: str) -> list[str]:
-    """`guikv eval NAME --model oracle` on the module's data, writing under `output`."""
-    data, images = datasets[name]
-    return [
-        "eval",
-        name,
-        "--model",
-        "oracle",
-        "--data",
-        str(data),
-        "--images",
-        str(images),
-        "--output",
-        str(output),
-        *extra,
-    ]
-
-
 def only_run_dir(output: Path) -> Path:
     """The single run directory under `output`."""
     [path] = [p.parent for p in output.rglob("config.yaml")]
@@ -54,7 +36,7 @@ def only_run_dir(output: Path) -> Path:
 def test_resume_after_a_kill_gives_the_identical_summary(
     name: str, limit: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    args = eval_args(name, datasets, tmp_path, "--limit", limit)
+    args = oracle_eval_args(name, datasets, tmp_path, "--limit", limit)
     assert run_cli(args, monkeypatch, capsys).code == 0
     run_dir = only_run_dir(tmp_path)
     trace, summary = (run_dir / "samples.jsonl").read_bytes(), (run_dir / SUMMARY_FILE).read_bytes()
@@ -74,7 +56,7 @@ def test_resume_after_a_kill_gives_the_identical_summary(
 def test_a_finished_run_is_not_run_again_and_no_resume_starts_afresh(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    args = eval_args("androidcontrol", datasets, tmp_path)
+    args = oracle_eval_args("androidcontrol", datasets, tmp_path)
     assert run_cli(args, monkeypatch, capsys).code == 0
     run_dir = only_run_dir(tmp_path)
     trace = (run_dir / "samples.jsonl").read_bytes()
@@ -90,7 +72,7 @@ def test_a_finished_run_is_not_run_again_and_no_resume_starts_afresh(
 def test_settings_choose_the_directory(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    base = eval_args("screenspot-pro", datasets, tmp_path)
+    base = oracle_eval_args("screenspot-pro", datasets, tmp_path)
     assert run_cli([*base, "--budget", "5", "--budget", "20"], monkeypatch, capsys).code == 0
     assert run_cli([*base, "--budget", "5", "--alpha", "1"], monkeypatch, capsys).code == 0
     assert run_cli([*base, "--budget", "5.0"], monkeypatch, capsys).code == 0  # same as the first
@@ -135,7 +117,7 @@ def test_config_yaml_flags_win_and_a_run_config_resumes_its_run(
 def test_a_damaged_line_inside_the_trace_is_an_error_naming_it(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    args = eval_args("screenspot-v2", datasets, tmp_path)
+    args = oracle_eval_args("screenspot-v2", datasets, tmp_path)
     assert run_cli(args, monkeypatch, capsys).code == 0
     trace = only_run_dir(tmp_path) / "samples.jsonl"
     lines = trace.read_text().splitlines(keepends=True)
@@ -150,7 +132,7 @@ def test_a_damaged_line_inside_the_trace_is_an_error_naming_it(
 def test_a_second_invocation_on_a_busy_run_directory_stops(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    args = eval_args("screenspot-pro", datasets, tmp_path)
+    args = oracle_eval_args("screenspot-pro", datasets, tmp_path)
     assert run_cli(args, monkeypatch, capsys).code == 0
     run_dir = only_run_dir(tmp_path)
     trace = (run_dir / "samples.jsonl").read_bytes()
