@@ -6,6 +6,8 @@ kept tokens, KV bytes, decode FLOPs, prefill and decode time) is measured the sa
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class StepResult:
     image_grids: list[tuple[int, int, int]] = field(default_factory=list)
     kept_positions: list[torch.Tensor] = field(default_factory=list)
     generated_ids: list[int] = field(default_factory=list)
+    decode_step_seconds: list[float] = field(default_factory=list)
     first_decode_logits: torch.Tensor | None = None
 
     @property
@@ -48,6 +51,11 @@ class StepResult:
         """Mean time of one decode forward, in milliseconds (0 when only one token was generated)."""
         steps = self.generated_tokens - 1
         return 1000 * self.decode_seconds / steps if steps > 0 else 0.0
+
+    @property
+    def decode_ms_per_token_median(self) -> float:
+        """Median time of one decode forward in milliseconds: robust to a stray slow step."""
+        return 1000 * statistics.median(self.decode_step_seconds) if self.decode_step_seconds else 0.0
 
     @property
     def kv_saved_percent(self) -> float:
@@ -81,6 +89,7 @@ class StepResult:
             "prefill_seconds": self.prefill_seconds,
             "decode_seconds": self.decode_seconds,
             "decode_ms_per_token": self.decode_ms_per_token,
+            "decode_ms_per_token_median": self.decode_ms_per_token_median,
             "scoring_seconds": self.scoring_seconds,
         }
 
@@ -142,6 +151,7 @@ def run_step(
         decode_flops_kept=decode_flops(shape, report.kept_per_layer, steps),
         prefill_seconds=clock.ends[0] - start,
         decode_seconds=clock.ends[-1] - clock.ends[0],
+        decode_step_seconds=[end - previous for previous, end in itertools.pairwise(clock.ends)],
         scoring_seconds=report.scoring_seconds,
         layout=report.layout or TokenLayout(prompt_tokens, ()),
         image_grids=[(t, h // merge, w // merge) for t, h, w in grids.tolist()] if grids is not None else [],
