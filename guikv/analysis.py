@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -46,6 +44,7 @@ from torch import nn
 
 from guikv.attention import iter_window_probs, window_queries
 from guikv.config import CompressionConfig
+from guikv.hooks import LayerPrefill, attention_hooks
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for, text_config
 from guikv.step import StepResult, run_step
@@ -241,36 +240,16 @@ class _WindowProbe:
         heads = text_config(model.config).num_attention_heads
         self.counts = AttentionCounts.zeros(len(self.attentions), heads)
 
-    def after_attention(
-        self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
-    ) -> None:
-        """Forward hook on one attention module: count the prefill's window rows."""
-        hidden = kwargs["hidden_states"]
-        cache = kwargs.get("cache")
-        length = hidden.shape[1]
-        if length <= 1 or cache is None:
-            return
-        keys = cache.layers[layer_idx].keys
-        queries = window_queries(module, hidden, kwargs["position_embeddings"], self.window)
-        first = length - self.window
-        scaling = getattr(module, "scaling", None)
-        for start, probs in iter_window_probs(queries, keys, scaling, max_elements=CHUNK_ELEMENTS):
+    def after_prefill(self, prefill: LayerPrefill) -> None:
+        """Count one layer's window rows, from the prefill's own inputs."""
+        queries = window_queries(
+            prefill.attention, prefill.hidden_states, prefill.position_embeddings, self.window
+        )
+        first = prefill.length - self.window
+        scaling = getattr(prefill.attention, "scaling", None)
+        for start, probs in iter_window_probs(queries, prefill.keys, scaling, max_elements=CHUNK_ELEMENTS):
             positions = torch.arange(first + start, first + start + probs.shape[2])
-            self.counts.add(layer_idx, probs[0], positions, self.kinds, self.threshold, self.mass)
-
-
-@contextmanager
-def _window_hooks(probe: _WindowProbe) -> Iterator[None]:
-    """The probe's forward hook on every attention module, removed on exit."""
-    handles = [
-        attention.register_forward_hook(partial(probe.after_attention, index), with_kwargs=True)
-        for index, attention in enumerate(probe.attentions)
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+            self.counts.add(prefill.index, probs[0], positions, self.kinds, self.threshold, self.mass)
 
 
 def window_attention_counts(
@@ -295,7 +274,7 @@ def window_attention_counts(
         raise ValueError(f"window {window} must be between 1 and the prompt length {input_ids.shape[1]}")
     layout, kinds = _layout_kinds(model, input_ids)
     probe = _WindowProbe(model, kinds, window, threshold, mass)
-    with torch.no_grad(), _window_hooks(probe):
+    with torch.no_grad(), attention_hooks(probe.attentions, on_prefill=probe.after_prefill):
         model(**inputs, use_cache=True, logits_to_keep=1)
     if not bool((probe.counts.rows > 0).all()):
         raise ValueError("a decoder layer ran no prefill with a cache: no window attention was recorded")

@@ -1,6 +1,6 @@
 """`compress(model, config)`: KV-cache compression at prefill, through forward hooks only.
 
-Inside the context every decoder layer's attention module carries two hooks. After a prefill
+Inside the context every decoder layer's attention module carries two hooks (`guikv.hooks`). After a prefill
 forward (the layer's cache holds exactly the new tokens), the method scores the prompt from the
 window queries (rebuilt with the model's own projection and rotary embedding), the keys and the
 layer's input, and the cache layer is cut to the kept positions per KV head. Decode steps append
@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from guikv.attention import window_queries
 from guikv.cache import cut_layer, fix_mask_length, kv_bytes
 from guikv.config import CompressionConfig
+from guikv.hooks import LayerPrefill, attention_hooks
 from guikv.layout import TokenLayout
 from guikv.methods import build_method
 from guikv.methods.base import LayerContext
@@ -144,17 +144,16 @@ class _Hooks:
             return None
         return args, {**kwargs, "attention_mask": fix_mask_length(mask, kv_length)}
 
-    def after_attention(
-        self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
-    ) -> None:
-        """Attention hook: on a prefill, score this layer and cut its cache."""
-        hidden = kwargs["hidden_states"]
-        cache = kwargs.get("cache")
-        length = hidden.shape[1]
-        if cache is None or length <= 1 or cache.layers[layer_idx].keys.shape[2] != length:
-            return
+    def after_prefill(self, prefill: LayerPrefill) -> None:
+        """On a layer's prefill, score it and cut its cache."""
         start = time.perf_counter()
-        keys = cache.layers[layer_idx].keys
+        layer_idx, hidden, cache, keys, length = (
+            prefill.index,
+            prefill.hidden_states,
+            prefill.cache,
+            prefill.keys,
+            prefill.length,
+        )
         layout = self.report.layout
         if layout is None or layout.length != length:
             layout = TokenLayout(length=length, image_spans=())
@@ -176,7 +175,7 @@ class _Hooks:
         capacity = max(1, int(length * self.config.budget / 100))
         window = self.method.window(layout)
         queries = (
-            window_queries(module, hidden, kwargs["position_embeddings"], window)
+            window_queries(prefill.attention, hidden, prefill.position_embeddings, window)
             if self.method.needs_queries
             else None
         )
@@ -188,7 +187,7 @@ class _Hooks:
             num_layers=len(self.attentions),
             queries=queries,
             hidden_states=hidden,
-            scaling=getattr(module, "scaling", None),
+            scaling=getattr(prefill.attention, "scaling", None),
         )
         if isinstance(self.method, VLCache):
             self.pending.append((layer_idx, replace(ctx, hidden_states=None), self.method.statistics(ctx)))
@@ -233,16 +232,9 @@ def compress(
     the kernel's attention weights. Batch size 1.
     """
     hooks = _Hooks(model, config, record_positions)
-    handles = [model.register_forward_pre_hook(hooks.capture_inputs, with_kwargs=True)]
-    for layer_idx, attention in enumerate(hooks.attentions):
-        handles.append(
-            attention.register_forward_pre_hook(partial(hooks.fit_mask, layer_idx), with_kwargs=True)
-        )
-        handles.append(
-            attention.register_forward_hook(partial(hooks.after_attention, layer_idx), with_kwargs=True)
-        )
+    handle = model.register_forward_pre_hook(hooks.capture_inputs, with_kwargs=True)
     try:
-        yield hooks.report
+        with attention_hooks(hooks.attentions, on_prefill=hooks.after_prefill, before=hooks.fit_mask):
+            yield hooks.report
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
