@@ -64,6 +64,14 @@ class Action:
         """Whether the model output could be turned into an action at all."""
         return self.type is not ActionType.UNPARSED
 
+    def require(self, which: str = "point") -> Point:
+        """The action's `point` or `end_point`, for code that cannot do without it (a formatter
+        cannot write a click without a target): a `ValueError` naming the action when it is None."""
+        point = getattr(self, which)
+        if point is None:
+            raise ValueError(f"a {self.type.value} action needs a {which} to be formatted: {self}")
+        return point
+
     def pixel_point(self, width: int, height: int) -> tuple[int, int] | None:
         """The action point in pixels of a screenshot of the given size."""
         if self.point is None:

@@ -432,15 +432,15 @@ def _code(action: Action, frame: tuple[int, int]) -> str:
     """The code line(s) for one action."""
     kind = action.type
     if kind is ActionType.DRAG:
-        end = _xy(_required(action.end_point, action), frame)
+        end = _xy(action.require("end_point"), frame)
         start = f"pyautogui.moveTo({_xy(action.point, frame)})\n" if action.point is not None else ""
         return f"{start}pyautogui.dragTo({end})"
     if kind is ActionType.SELECT:
-        return f"computer.select({_xy(_required(action.point, action), frame)}, option={action.text or ''!r})"
+        return f"computer.select({_xy(action.require('point'), frame)}, option={action.text or ''!r})"
     if kind in _NO_POINT:
         return f"{_CALLS[kind]}()"
     if kind in _CALLS:
-        return f"{_CALLS[kind]}({_xy(_required(action.point, action), frame)})"
+        return f"{_CALLS[kind]}({_xy(action.require('point'), frame)})"
     if kind is ActionType.TYPE:
         return f"pyautogui.write(message={action.text or ''!r})"
     if kind is ActionType.HOTKEY:
@@ -454,13 +454,6 @@ def _code(action: Action, frame: tuple[int, int]) -> str:
         status = "" if action.text is None else f"status={action.text!r}"
         return f"computer.terminate({status})"
     return f"computer.open_app(app_name={action.text or ''!r})"
-
-
-def _required(point: Point | None, action: Action) -> Point:
-    """The point an action type cannot do without; a clear error if the action lacks it."""
-    if point is None:
-        raise ValueError(f"a {action.type.value} action needs a point to be formatted: {action}")
-    return point
 
 
 def _xy(point: Point, frame: tuple[int, int]) -> str:

@@ -527,11 +527,11 @@ def format_action(
     if action.type is ActionType.DRAG:
         if action.point is not None:
             args.append(f"start_point={_point_arg(action.point, frame)}")
-        args.append(f"end_point={_point_arg(_required(action.end_point, action), frame)}")
+        args.append(f"end_point={_point_arg(action.require('end_point'), frame)}")
     elif action.point is not None:
         args.append(f"point={_point_arg(action.point, frame)}")
     elif action.type in _POINT_TYPES or action.type is ActionType.SELECT:
-        _required(action.point, action)
+        action.require("point")
     if action.type in (ActionType.HOTKEY, ActionType.PRESS):
         args.append(f"key={_quote(' '.join(action.keys))}")
     elif action.type is ActionType.SCROLL:
@@ -544,13 +544,6 @@ def format_action(
         args.append(f"app_name={_quote(action.text or '')}")
     call = f"{_TYPE_TO_NAME[action.type]}({', '.join(args)})"
     return f"Thought: {action.thought}\nAction: {call}" if action.thought else f"Action: {call}"
-
-
-def _required(point: Point | None, action: Action) -> Point:
-    """The point an action type cannot do without; a clear error if the action lacks it."""
-    if point is None:
-        raise ValueError(f"a {action.type.value} action needs a point to be formatted: {action}")
-    return point
 
 
 def _point_arg(point: Point, frame: tuple[int, int]) -> str:
