@@ -147,20 +147,13 @@ class _Hooks:
     def after_prefill(self, prefill: LayerPrefill) -> None:
         """On a layer's prefill, score it and cut its cache."""
         start = time.perf_counter()
-        layer_idx, hidden, cache, keys, length = (
-            prefill.index,
-            prefill.hidden_states,
-            prefill.cache,
-            prefill.keys,
-            prefill.length,
-        )
+        layer_idx, keys, length = prefill.index, prefill.keys, prefill.length
         layout = self.report.layout
         if layout is None or layout.length != length:
             layout = TokenLayout(length=length, image_spans=())
         if layer_idx == 0:
-            full = sum(
-                kv_bytes(length, keys.shape[1], keys.shape[3], keys.dtype, keys.shape[0])
-                for _ in self.attentions
+            full = len(self.attentions) * kv_bytes(
+                length, keys.shape[1], keys.shape[3], keys.dtype, keys.shape[0]
             )
             self.report.prefills.append(
                 PrefillRecord(prompt_tokens=length, num_images=layout.num_images, kv_bytes_full=full)
@@ -169,13 +162,12 @@ class _Hooks:
         if self.method.needs_images and not layout.image_spans:
             raise ValueError(
                 f"CompressionConfig.method={self.config.method!r} needs image tokens in the prompt, "
-                "found none "
-                "(pass input_ids with the processor's image placeholders)"
+                "found none (pass input_ids with the processor's image placeholders)"
             )
         capacity = max(1, int(length * self.config.budget / 100))
         window = self.method.window(layout)
         queries = (
-            window_queries(prefill.attention, hidden, prefill.position_embeddings, window)
+            window_queries(prefill.attention, prefill.hidden_states, prefill.position_embeddings, window)
             if self.method.needs_queries
             else None
         )
@@ -186,15 +178,15 @@ class _Hooks:
             layer_idx=layer_idx,
             num_layers=len(self.attentions),
             queries=queries,
-            hidden_states=hidden,
+            hidden_states=prefill.hidden_states,
             scaling=getattr(prefill.attention, "scaling", None),
         )
         if isinstance(self.method, VLCache):
             self.pending.append((layer_idx, replace(ctx, hidden_states=None), self.method.statistics(ctx)))
             if layer_idx == len(self.attentions) - 1:
-                self._cut_all_pending(cache)
+                self._cut_all_pending(prefill.cache)
         else:
-            self._cut(cache, layer_idx, self.method.select(ctx))
+            self._cut(prefill.cache, layer_idx, self.method.select(ctx))
         if keys.is_cuda:
             torch.cuda.synchronize(keys.device)
         self.report.prefills[-1].scoring_seconds += time.perf_counter() - start
