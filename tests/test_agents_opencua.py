@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from parser_checks import assert_total_parse
 from PIL import Image
 
 from guikv.agents import opencua
-from guikv.agents.action import Action, ActionType
+from guikv.agents.action import POINTING_TYPES, Action, ActionType
 from guikv.agents.prompting import collect_images
 from guikv.agents.resize import model_image_size
 
@@ -290,16 +291,7 @@ def _scrolls(draw: st.DrawFn) -> Action:
 
 def _opencua_actions() -> st.SearchStrategy[Action]:
     """Every action type in the form OpenCUA code expresses (one line per action)."""
-    pointing = st.sampled_from(
-        [
-            ActionType.CLICK,
-            ActionType.DOUBLE_CLICK,
-            ActionType.RIGHT_CLICK,
-            ActionType.TRIPLE_CLICK,
-            ActionType.MOVE_TO,
-            ActionType.LONG_PRESS,
-        ]
-    )
+    pointing = st.sampled_from(POINTING_TYPES)
     return st.one_of(
         st.builds(Action, type=pointing, point=_points, thought=_thoughts),
         st.builds(Action, type=st.just(ActionType.DRAG), end_point=_points, thought=_thoughts),
@@ -404,10 +396,4 @@ _FRAGMENTS = [
 @given(text=st.text() | st.lists(st.sampled_from(_FRAGMENTS), max_size=30).map("".join))
 def test_parser_never_crashes(text: str) -> None:
     actions = opencua.parse(text, SIZE)
-    assert actions and all(isinstance(action, Action) for action in actions)
-    for action in actions:
-        assert action.raw == text
-        if not action.parsed:
-            assert action == Action.unparsed(text)
-    if not any(action.parsed for action in actions):
-        assert len(actions) == 1
+    assert_total_parse(actions, text)

@@ -36,6 +36,16 @@ class ActionType(str, Enum):
 
 Point = tuple[float, float]
 
+POINTING_TYPES: tuple[ActionType, ...] = (
+    ActionType.CLICK,
+    ActionType.DOUBLE_CLICK,
+    ActionType.RIGHT_CLICK,
+    ActionType.TRIPLE_CLICK,
+    ActionType.MOVE_TO,
+    ActionType.LONG_PRESS,
+)
+"""Actions that are nothing but a point: every family writes them as a function of one point."""
+
 
 @dataclass(frozen=True)
 class Action:

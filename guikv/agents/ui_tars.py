@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from guikv.agents.action import Action, ActionType, Point
+from guikv.agents.action import POINTING_TYPES, Action, ActionType, Point
 from guikv.agents.prompting import (
     DEFAULT_HISTORY_SCREENSHOTS,
     HISTORY_TEXT_WINDOW,
@@ -302,16 +302,7 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
 }
 """Meaning of positional arguments per function; unlisted pointing functions take `start`."""
 
-_POINT_TYPES = frozenset(
-    {
-        ActionType.CLICK,
-        ActionType.DOUBLE_CLICK,
-        ActionType.RIGHT_CLICK,
-        ActionType.TRIPLE_CLICK,
-        ActionType.MOVE_TO,
-        ActionType.LONG_PRESS,
-    }
-)
+_POINT_TYPES = frozenset(POINTING_TYPES)
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _ACTION_LINE = re.compile(r"^[ \t]*Action:[ \t]*", re.MULTILINE)
