@@ -25,7 +25,7 @@ from guikv.compressor import compress
 from guikv.config import METHODS
 from guikv.errors import UserInputError
 from guikv.flops import ModelShape, decode_flops, flop_counter
-from guikv.models import build_tiny, load
+from guikv.models import adapter_for, build_tiny, load
 from guikv.models.tiny import cache_root
 from guikv.step import run_step
 from guikv_cli.options import compression_config, quiet_transformers
@@ -90,9 +90,10 @@ def benchmark_row(
     budget: float,
     new_tokens: int,
     full: dict[str, Any],
-    flops: bool,
+    flop_inputs: Any | None,
 ) -> dict[str, Any]:
-    """Measure one (method, budget) pair against the full-cache row."""
+    """Measure one (method, budget) pair against the full-cache row; with `flop_inputs` (the
+    prompt's generate() inputs) also count its decode FLOPs."""
     config = compression_config(method=method, budget=budget)
     step = run_step(model, processor, messages, config, max_new_tokens=new_tokens)
     shape = ModelShape.from_config(model.config)
@@ -111,19 +112,11 @@ def benchmark_row(
         "decode_flops_analytic": analytic,
         "decode_flops_saved_percent": step.decode_flops_saved_percent,
     }
-    if flops:
-        inputs = processor_inputs(model, processor, messages)
-        measured = measured_decode_flops(model, inputs, config, new_tokens)
+    if flop_inputs is not None:
+        measured = measured_decode_flops(model, flop_inputs, config, new_tokens)
         row["decode_flops_measured"] = measured
         row["flops_measured_over_analytic"] = measured / analytic
     return row
-
-
-def processor_inputs(model: Any, processor: Any, messages: list) -> Any:
-    """The generate() inputs of the benchmark prompt."""
-    from guikv.models.adapters import adapter_for
-
-    return adapter_for(model).build_inputs(processor, messages).to(model.device)
 
 
 def render(rows: list[dict[str, Any]], title: str) -> Table:
@@ -211,13 +204,14 @@ def main(
         full = {"method": "full", "budget": 100.0, **full_step.to_dict()}
         done.append(full)
     rows = [row for row in done if row["method"] != "full"]
+    flop_inputs = adapter_for(loaded).build_inputs(processor, messages).to(loaded.device) if flops else None
     for method in method_list:
         for budget in budget_list:
             if any(r["method"] == method and r["budget"] == budget for r in rows):
                 continue
             try:
                 rows.append(
-                    benchmark_row(loaded, processor, messages, method, budget, new_tokens, full, flops)
+                    benchmark_row(loaded, processor, messages, method, budget, new_tokens, full, flop_inputs)
                 )
             except (ValueError, UserInputError) as error:
                 console.print(f"[yellow]{method} at {budget:g}%: not runnable ({error})[/]")
