@@ -44,7 +44,7 @@ from torch import nn
 
 from guikv.attention import iter_window_probs, window_queries
 from guikv.config import CompressionConfig
-from guikv.hooks import LayerPrefill, attention_hooks
+from guikv.hooks import LayerForward, attention_hooks
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for, text_config
 from guikv.step import StepResult, run_step
@@ -240,7 +240,7 @@ class _WindowProbe:
         heads = text_config(model.config).num_attention_heads
         self.counts = AttentionCounts.zeros(len(self.attentions), heads)
 
-    def after_prefill(self, prefill: LayerPrefill) -> None:
+    def after_prefill(self, prefill: LayerForward) -> None:
         """Count one layer's window rows, from the prefill's own inputs."""
         queries = window_queries(
             prefill.attention, prefill.hidden_states, prefill.position_embeddings, self.window

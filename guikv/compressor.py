@@ -1,11 +1,19 @@
 """`compress(model, config)`: KV-cache compression at prefill, through forward hooks only.
 
-Inside the context every decoder layer's attention module carries two hooks (`guikv.hooks`). After a prefill
-forward (the layer's cache holds exactly the new tokens), the method scores the prompt from the
-window queries (rebuilt with the model's own projection and rotary embedding), the keys and the
-layer's input, and the cache layer is cut to the kept positions per KV head. Decode steps append
-to the short cache; `generate` keeps positions logical, and a pre-hook fits the attention mask to
-each layer's physical length. Leaving the context removes every hook.
+Inside the context every decoder layer's attention module carries two hooks (`guikv.hooks`) and
+the model one pre-hook and one hook. After a prefill forward (the layer's cache holds exactly the
+new tokens), the method scores the prompt from the window queries (rebuilt with the model's own
+projection, query norm and rotary embedding), the keys and the layer's input, and the cache layer
+is replaced by a `CutLayer` holding the kept positions per KV head but reporting the logical
+length, so decoding and later turns continue at logical positions; a pre-hook fits the attention
+mask to each layer's physical length.
+
+A prefill split into chunks (`generate(..., prefill_chunk_size=N)`) is scored once, from the whole
+prompt, after its last chunk: with `compress(..., chunked_prefill=True)` every chunk is kept and
+the cut happens before the first decode step (or on leaving the context). Without it, a chunk that
+would continue an already cut prompt raises. Compression never silently does nothing: a static or
+sliding-window cache is refused up front, and leaving the context after a cached prefill that no
+layer scored raises `RuntimeError`. Leaving the context removes every hook.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
-from guikv.attention import window_queries
-from guikv.cache import cut_layer, fix_mask_length, kv_bytes
+from guikv.attention import check_attention_module, verify_window_queries, window_queries
+from guikv.cache import cut_layer, fix_mask_length, kv_bytes, physical_length
 from guikv.config import CompressionConfig
-from guikv.hooks import LayerPrefill, attention_hooks
+from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
 from guikv.layout import TokenLayout
 from guikv.methods import build_method
 from guikv.methods.base import LayerContext
@@ -99,12 +108,40 @@ class CompressionReport:
         return self._last().kept_positions
 
 
-class _Hooks:
-    """The per-context state the hooks share: the layout of the current prompt and, for
-    cross-layer methods, the layers scored so far."""
+class _PromptChunks:
+    """A prompt being prefilled in chunks: every layer's inputs so far, kept until the cut."""
 
-    def __init__(self, model: nn.Module, config: CompressionConfig, record_positions: bool) -> None:
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.input_ids: list[torch.Tensor] = []
+        self.layers: dict[int, list[LayerForward]] = {}
+
+    def add(self, forward: LayerForward) -> None:
+        """Keep one layer's chunk forward (the first one names the cache, if the model made it)."""
+        self.cache = forward.cache if self.cache is None else self.cache
+        self.layers.setdefault(forward.index, []).append(forward)
+
+    def whole(self, index: int) -> LayerForward:
+        """Layer `index`'s prompt as one forward: hidden states and (cos, sin) of every chunk, joined."""
+        chunks = self.layers[index]
+        last = chunks[-1]
+        if len(chunks) == 1:
+            return last
+        cos = torch.cat([chunk.position_embeddings[0] for chunk in chunks], dim=-2)
+        sin = torch.cat([chunk.position_embeddings[1] for chunk in chunks], dim=-2)
+        hidden = torch.cat([chunk.hidden_states for chunk in chunks], dim=1)
+        return replace(last, hidden_states=hidden, position_embeddings=(cos, sin))
+
+
+class _Hooks:
+    """The per-context state the hooks share: the layout of the current prompt, the prompt being
+    chunked (if any) and, for cross-layer methods, the layers scored so far."""
+
+    def __init__(
+        self, model: nn.Module, config: CompressionConfig, record_positions: bool, chunked_prefill: bool
+    ) -> None:
         adapter = adapter_for(model)
+        self.model_name = type(model).__name__
         self.method = build_method(config)
         self.config = config
         self.image_token_ids = adapter.image_token_ids(model.config)
@@ -114,38 +151,114 @@ class _Hooks:
                 f"{type(model).__name__} has no image token id: use snapkv, pyramidkv, streamingllm or random"
             )
         self.attentions = adapter.attention_modules(model)
+        if self.method.needs_queries:
+            check_attention_module(self.attentions[0])
         self.record_positions = record_positions
+        self.chunked_prefill = chunked_prefill
         self.report = CompressionReport(config=config)
         self.pending: list[tuple[int, LayerContext, LayerStatistics]] = []
+        self.chunks: _PromptChunks | None = None
+        self.prompt_ids: torch.Tensor | None = None
+        self.cut_before_decode = False
+        self.forward_started_empty = False
+        self.cached_prefills = 0
+        self.verified = not config.verify
 
-    def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Top-level pre-hook: read the prompt's token layout from `input_ids` at prefill."""
+    def before_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Top-level pre-hook: refuse caches that cannot be cut, track which prompt this forward
+        belongs to (a new prompt, a further chunk, a decode step, a continuation), and read the
+        prompt's token layout from `input_ids`."""
+        cache = cache_argument(kwargs)
+        _refuse_uncuttable(cache)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None or input_ids.shape[-1] <= 1:
+        embeds = kwargs.get("inputs_embeds")
+        tokens = (
+            input_ids.shape[-1] if input_ids is not None else embeds.shape[1] if embeds is not None else 0
+        )
+        self.forward_started_empty = tokens > 1 and (cache is None or cache.get_seq_length() == 0)
+        if tokens <= 1:
+            self._finish_chunks()
+            self.cut_before_decode = False
             return
-        if input_ids.shape[0] != 1:
+        if self.forward_started_empty:
+            self._finish_chunks()
+            self._start_prompt(input_ids, cache)
+        elif self.chunks is not None and cache is self.chunks.cache:
+            self._extend_prompt(input_ids)
+        elif self.cut_before_decode:
+            raise RuntimeError(
+                "compress(): a forward of several tokens continued a prompt that was already cut, before "
+                "any decode step: a chunked prefill (generate(prefill_chunk_size=...)) must be scored once "
+                "from the whole prompt: use compress(model, config, chunked_prefill=True)"
+            )
+
+    def after_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        """Top-level hook: count prompts that were prefilled into a cache, to check at exit that
+        every one was scored."""
+        if self.forward_started_empty and output_cache(output) is not None:
+            self.cached_prefills += 1
+
+    def _start_prompt(self, input_ids: torch.Tensor | None, cache: Any) -> None:
+        if input_ids is not None and input_ids.shape[0] != 1:
             raise ValueError(
                 f"compress() supports batch size 1, got input_ids with batch size {input_ids.shape[0]}: "
                 "run one sample per generate() call"
             )
-        self.report.layout = TokenLayout.from_input_ids(input_ids, self.image_token_ids)
+        self.prompt_ids = input_ids
+        self.report.layout = (
+            TokenLayout.from_input_ids(input_ids, self.image_token_ids) if input_ids is not None else None
+        )
+        self.chunks = _PromptChunks(cache) if self.chunked_prefill else None
+
+    def _extend_prompt(self, input_ids: torch.Tensor | None) -> None:
+        if input_ids is None or self.prompt_ids is None:
+            self.prompt_ids = None
+            self.report.layout = None
+            return
+        self.prompt_ids = torch.cat([self.prompt_ids, input_ids], dim=-1)
+        self.report.layout = TokenLayout.from_input_ids(self.prompt_ids, self.image_token_ids)
+
+    def _finish_chunks(self) -> None:
+        """Chunked prefill: the prompt is complete; score and cut every layer from all its chunks."""
+        chunks, self.chunks = self.chunks, None
+        if chunks is None or not chunks.layers:
+            return
+        chunks.cache = None
+        for index in sorted(chunks.layers):
+            self._score_layer(chunks.whole(index))
+        self.cut_before_decode = True
 
     def fit_mask(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         """Attention pre-hook: make the mask's key axis match this layer's physical cache."""
         mask = kwargs.get("attention_mask")
-        cache = kwargs.get("cache")
+        cache = cache_argument(kwargs)
         if not isinstance(mask, torch.Tensor) or cache is None or layer_idx >= len(cache.layers):
             return None
-        layer = cache.layers[layer_idx]
-        if not getattr(layer, "is_initialized", False) or layer.keys is None:
+        stored = physical_length(cache.layers[layer_idx])
+        if not stored:
             return None
-        kv_length = layer.keys.shape[2] + kwargs["hidden_states"].shape[1]
+        kv_length = stored + kwargs["hidden_states"].shape[1]
         if mask.shape[-1] == kv_length:
             return None
         return args, {**kwargs, "attention_mask": fix_mask_length(mask, kv_length)}
 
-    def after_prefill(self, prefill: LayerPrefill) -> None:
-        """On a layer's prefill, score it and cut its cache."""
+    def after_prefill(self, prefill: LayerForward) -> None:
+        """On a layer's prefill: score and cut it now, or keep it as the first chunk."""
+        if self.chunks is not None:
+            self.chunks.add(prefill)
+            return
+        self._score_layer(prefill)
+        if prefill.index == len(self.attentions) - 1:
+            self.cut_before_decode = True
+
+    def after_extend(self, forward: LayerForward) -> None:
+        """On a multi-token forward over a non-empty layer: keep it if it is a chunk of the prompt
+        being prefilled; a continuation of an already cut cache is appended as it is."""
+        if self.chunks is not None and forward.cache is self.chunks.cache:
+            self.chunks.add(forward)
+
+    def _score_layer(self, prefill: LayerForward) -> None:
+        """Score one layer's whole prompt and cut its cache (VL-Cache: once every layer is scored)."""
         start = time.perf_counter()
         layer_idx, keys, length = prefill.index, prefill.keys, prefill.length
         layout = self.report.layout
@@ -171,6 +284,8 @@ class _Hooks:
             if self.method.needs_queries
             else None
         )
+        if not self.verified:
+            self._verify(prefill, queries)
         ctx = LayerContext(
             keys=keys,
             layout=layout,
@@ -191,6 +306,16 @@ class _Hooks:
             torch.cuda.synchronize(keys.device)
         self.report.prefills[-1].scoring_seconds += time.perf_counter() - start
 
+    def _verify(self, prefill: LayerForward, queries: torch.Tensor | None) -> None:
+        """Debug mode: check the rebuilt window queries against the kernel's output, once."""
+        self.verified = True
+        if queries is None:
+            queries = window_queries(
+                prefill.attention, prefill.hidden_states, prefill.position_embeddings, self.method.window_size
+            )
+        output = prefill.output[0] if isinstance(prefill.output, tuple) else prefill.output
+        verify_window_queries(prefill.attention, queries, prefill.keys, prefill.values, output)
+
     def _cut_all_pending(self, cache: Any) -> None:
         """VL-Cache: every layer has been scored; allocate budgets and cut them all."""
         first = self.pending[0][1]
@@ -205,7 +330,7 @@ class _Hooks:
         layer = cache.layers[layer_idx]
         record = self.report.prefills[-1]
         if keep.shape[-1] < layer.keys.shape[2]:
-            cut_layer(layer, keep)
+            cache.layers[layer_idx] = cut_layer(layer, keep)
         record.kept_per_layer.append(int(keep.shape[-1]))
         record.kv_bytes_kept += kv_bytes(
             keep.shape[-1], layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype, layer.keys.shape[0]
@@ -213,20 +338,68 @@ class _Hooks:
         if self.record_positions:
             record.kept_positions.append(keep[0].cpu())
 
+    def finish(self) -> None:
+        """On leaving the context: cut a chunked prompt still open, then make sure every cached
+        prefill was scored in every layer, or raise."""
+        self._finish_chunks()
+        layers = len(self.attentions)
+        incomplete = [record for record in self.report.prefills if len(record.kept_per_layer) != layers]
+        if self.cached_prefills > len(self.report.prefills) or incomplete:
+            raise RuntimeError(
+                f"compress(): {self.model_name} ran {self.cached_prefills} prefill(s) into a cache but "
+                f"{len(self.report.prefills) - len(incomplete)} were scored and cut in all {layers} "
+                "decoder layers: expected each attention module to receive its cache as `cache=` or "
+                "`past_key_values=` and its input as `hidden_states=`; nothing was compressed"
+            )
+
+
+def _refuse_uncuttable(cache: Any) -> None:
+    """Refuse a cache whose layers cannot be cut: a static cache (fixed-size tensors), or
+    sliding-window layers (they evict on their own)."""
+    if cache is None:
+        return
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"compress() needs a cache with per-layer tensors, got {type(cache).__name__}")
+    for layer in layers:
+        if not isinstance(layer, DynamicLayer) or getattr(layer, "is_sliding", False):
+            raise ValueError(
+                f"compress() cannot cut a {type(cache).__name__} with {type(layer).__name__} layers "
+                "(a static or sliding-window cache): use the default DynamicCache (no cache_implementation)"
+            )
+
 
 @contextmanager
 def compress(
-    model: nn.Module, config: CompressionConfig, *, record_positions: bool = False
+    model: nn.Module,
+    config: CompressionConfig,
+    *,
+    record_positions: bool = False,
+    chunked_prefill: bool = False,
 ) -> Iterator[CompressionReport]:
     """Compress the KV cache of every prefill run inside the context; yields the report.
 
     Works with any attention implementation (eager, sdpa, flash_attention_2): scores never need
-    the kernel's attention weights. Batch size 1.
+    the kernel's attention weights. Batch size 1. With `chunked_prefill=True` a prompt may be
+    prefilled in several forwards (`generate(..., prefill_chunk_size=N)`): each layer's chunk
+    inputs are kept (the layer's hidden states, L x hidden_size) until the prompt is complete, then
+    it is scored and cut once, exactly as the unchunked prompt would be. Raises `RuntimeError` on
+    exit if a prefill into a cache ran but was not compressed.
     """
-    hooks = _Hooks(model, config, record_positions)
-    handle = model.register_forward_pre_hook(hooks.capture_inputs, with_kwargs=True)
+    hooks = _Hooks(model, config, record_positions, chunked_prefill)
+    handles = [
+        model.register_forward_pre_hook(hooks.before_model, with_kwargs=True),
+        model.register_forward_hook(hooks.after_model, with_kwargs=True),
+    ]
     try:
-        with attention_hooks(hooks.attentions, on_prefill=hooks.after_prefill, before=hooks.fit_mask):
+        with attention_hooks(
+            hooks.attentions,
+            on_prefill=hooks.after_prefill,
+            on_extend=hooks.after_extend,
+            before=hooks.fit_mask,
+        ):
             yield hooks.report
+        hooks.finish()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

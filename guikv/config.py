@@ -30,8 +30,10 @@ class CompressionConfig:
 
     `budget` is the percentage of the prompt's tokens (text and image) kept per layer, the
     observation window included; the defaults are the paper's (window 8, avg-pool kernel 5,
-    alpha 2, temperature 3.5, rank 32). Every field is validated on construction: a bad value
-    raises `ValueError` naming the field and the allowed values.
+    alpha 2, temperature 3.5, rank 32). `verify=True` is a debug mode: once per `compress()`, the
+    rebuilt window queries are checked against the attention kernel's own output on the first
+    layer (w rows), so a model whose queries guikv cannot rebuild raises. Every field is validated
+    on construction: a bad value raises `ValueError` naming the field and the allowed values.
     """
 
     method: str = "gui_kv"
@@ -48,6 +50,7 @@ class CompressionConfig:
     sparsity_threshold: float = 0.01
     sink_tokens: int = 4
     seed: int = 0
+    verify: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +79,8 @@ class CompressionConfig:
             _fail("sparsity_threshold", self.sparsity_threshold, "a number in (0, 1)")
         if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
             _fail("sink_tokens", self.sink_tokens, "an integer >= 0")
+        if not isinstance(self.verify, bool):
+            _fail("verify", self.verify, "true or false")
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dictionary (for JSON/YAML and run-directory names)."""

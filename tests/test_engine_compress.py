@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from guikv import METHODS, CompressionConfig, TokenLayout, compress
+from guikv.hooks import output_cache
 from guikv.methods.pyramidkv import pyramid_capacity
 
 NEW_TOKENS = 8
@@ -21,7 +22,7 @@ def generate(model, inputs, new_tokens: int = NEW_TOKENS):
         do_sample=False,
         return_dict_in_generate=True,
     )
-    return out.sequences[0, inputs["input_ids"].shape[1] :], out.cache
+    return out.sequences[0, inputs["input_ids"].shape[1] :], output_cache(out)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -119,14 +120,15 @@ def test_decoding_after_a_cut_equals_full_attention_with_evicted_keys_masked(tin
     full = dict(inputs)
     full["input_ids"] = torch.cat([inputs["input_ids"], out.sequences[:, length : length + 1]], dim=1)
     full["attention_mask"] = torch.ones(1, length + 1, dtype=torch.long)
-    full["mm_token_type_ids"] = torch.cat(
-        [inputs["mm_token_type_ids"], inputs["mm_token_type_ids"][:, :1] * 0], 1
-    )
+    token_types = {}
+    if "mm_token_type_ids" in inputs:  # transformers >= 5.24 derives M-RoPE positions from them
+        types = inputs["mm_token_type_ids"]
+        token_types["mm_token_type_ids"] = full["mm_token_type_ids"] = torch.cat([types, types[:, :1] * 0], 1)
     positions, _ = model.model.get_rope_index(
         full["input_ids"],
-        full["mm_token_type_ids"],
         image_grid_thw=full["image_grid_thw"],
         attention_mask=full["attention_mask"],
+        **token_types,
     )
     visible = torch.ones(length + 1, length + 1).tril().bool()
     visible[length] = False
