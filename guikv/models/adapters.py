@@ -56,12 +56,14 @@ OPENCUA = ModelAdapter(
     "opencua", "language_model.model.layers", ("media_placeholder_token_id",), build_inputs=opencua_inputs
 )
 QWEN2_TEXT = ModelAdapter("qwen2", "model.layers", ())
+QWEN3_TEXT = ModelAdapter("qwen3", "model.layers", ())
 
 ADAPTERS: dict[str, ModelAdapter] = {
     "qwen2_5_vl": QWEN_VL,
     "qwen2_vl": QWEN_VL,
     "opencua": OPENCUA,
     "qwen2": QWEN2_TEXT,
+    "qwen3": QWEN3_TEXT,
 }
 
 
