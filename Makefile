@@ -6,8 +6,12 @@ VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
+# The lowest transformers guikv supports; test-oldest runs the engine tests against it in a second
+# venv that reuses .venv's packages (torch, ...) through a site-packages link and overrides transformers.
+OLDEST_TRANSFORMERS ?= 5.0.0
+VENV_OLDEST ?= .venv-oldest
 
-.PHONY: install demo test lint speed
+.PHONY: install demo test test-oldest lint speed
 
 install: $(VENV)/.installed
 
@@ -27,6 +31,17 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-oldest: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest tests/test_engine_*.py
+
+$(VENV_OLDEST)/.installed: $(VENV)/.installed
+	$(BIN)/python -m venv $(VENV_OLDEST)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(VENV_OLDEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/guikv-base.pth"
+	$(VENV_OLDEST)/bin/python -m pip install --quiet "transformers==$(OLDEST_TRANSFORMERS)"
+	$(VENV_OLDEST)/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)'"
+	touch $@
 
 speed: install
 	$(BIN)/python -m benchmarks.speed --model tiny
