@@ -113,7 +113,6 @@ class _PromptChunks:
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
-        self.input_ids: list[torch.Tensor] = []
         self.layers: dict[int, list[LayerForward]] = {}
 
     def add(self, forward: LayerForward) -> None:
@@ -188,8 +187,9 @@ class _Hooks:
         elif self.cut_before_decode:
             raise RuntimeError(
                 "compress(): a forward of several tokens continued a prompt that was already cut, before "
-                "any decode step: a chunked prefill (generate(prefill_chunk_size=...)) must be scored once "
-                "from the whole prompt: use compress(model, config, chunked_prefill=True)"
+                "any decode step, as a chunked prefill (generate(prefill_chunk_size=...)) does: use "
+                "compress(model, config, chunked_prefill=True) to score the whole prompt once (a new turn "
+                "must follow at least one decode step)"
             )
 
     def after_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
