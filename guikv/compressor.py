@@ -128,7 +128,7 @@ class _Hooks:
                 f"compress() supports batch size 1, got input_ids with batch size {input_ids.shape[0]}: "
                 "run one sample per generate() call"
             )
-        self.report.layout = TokenLayout.from_input_ids(input_ids, self.image_token_ids)
+        self.report.layout = adapter_for(module).prompt_layout(module.config, input_ids, kwargs)
 
     def fit_mask(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         """Attention pre-hook: make the mask's key axis match this layer's physical cache."""
