@@ -13,6 +13,7 @@ from PIL import Image
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 
 from guikv.agents import detect_family, get_family
+from guikv.analysis import window_attention_counts
 from guikv.compressor import compress
 from guikv.config import CompressionConfig
 from guikv.models.adapters import OPENCUA, adapter_for
@@ -148,9 +149,9 @@ def test_double_expansion_is_refused_by_the_model_and_by_the_adapter(standin):
         model(**twice)
     with pytest.raises(ValueError, match="media placeholder tokens for 2 images"):
         adapter.prompt_layout(model.config, twice["input_ids"], twice)
-    with pytest.raises(ValueError, match="media placeholder tokens for 2 images"), torch.no_grad():
-        with compress(model, CompressionConfig(budget=50)):
-            model(**twice)
+    refused = pytest.raises(ValueError, match="media placeholder tokens for 2 images")
+    with refused, torch.no_grad(), compress(model, CompressionConfig(budget=50)):
+        model(**twice)
 
 
 def test_compress_scores_the_model_visible_layout(standin):
@@ -295,3 +296,12 @@ def test_preparation_is_installed_once():
     OPENCUA.prepare(model)
     OPENCUA.prepare(model)
     assert len(model._forward_pre_hooks) == 1
+
+
+def test_attention_analysis_counts_over_the_model_visible_layout(standin):
+    model, processor = standin
+    inputs = adapter_for(model).build_inputs(processor, messages(2))
+    layout = adapter_for(model).prompt_layout(model.config, inputs["input_ids"], inputs)
+    sample = window_attention_counts(model, inputs, window=4)
+    assert sample.prompt_tokens == layout.length
+    assert sample.num_images == 2
