@@ -23,6 +23,7 @@ does for the real checkpoint.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +48,11 @@ OPENCUA_CHAT_TEMPLATE = (
 )
 """A Qwen-style template (the real one uses Kimi-style role tokens) writing each image with
 OpenCUA's markup: media begin, the type tag, media content, ONE placeholder, media end."""
+
+
+_LM_PARAMETERS = inspect.signature(Qwen2ForCausalLM.forward).parameters
+CACHE_KWARG = "cache" if "cache" in _LM_PARAMETERS else "past_key_values"
+"""The name the installed transformers gives the cache argument (`cache` from 5.24 on)."""
 
 
 class OpenCUAStandinConfig(PreTrainedConfig):
@@ -102,7 +108,9 @@ class OpenCUAStandin(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> Any:
         """Embed the prompt; at prefill expand each placeholder into its image's features, at a
-        decode step with pixels rebuild mask and positions from the physical cache; run the LM."""
+        decode step with pixels rebuild mask and positions from the physical cache; run the LM.
+        The cache is accepted as `cache` or `past_key_values` (transformers before 5.24)."""
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if pixel_values is not None and input_ids.shape[1] != 1:
@@ -119,9 +127,9 @@ class OpenCUAStandin(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
 
