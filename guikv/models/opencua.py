@@ -15,30 +15,37 @@ was read:
   `_merge_input_ids_with_image_features` gives each placeholder `t·h·w / merge²` positions (a
   token occupation table, `feature_lengths` from `grid_thws`) and writes the vision features
   there. A prompt whose placeholders are already expanded has more placeholders than images and
-  fails there (the occupation-table assignment has the wrong shape). vLLM, whose engine wants
+  fails there (a shape mismatch in the occupation table, or for a single image the check that
+  the filled positions match the feature count). vLLM, whose engine wants
   expanded prompts, therefore expands the single placeholder itself (`_get_prompt_updates`:
   `[image_token_id] * (grid_thw.prod() // merge_length)`), which confirms that the HF prompt
   holds one per image. GUI-KV's own code passes the template's ids unexpanded and located the
-  screenshots by adding `t·h·w/4` to the `<|media_begin|>` positions (spec method.md §0, §4.0).
+  screenshots by adding `t·h·w/4` to the `<|media_begin|>` positions (spec/method.md §1 "Image
+  spans" and §4.0 "OpenCUA input").
 - **Inputs.** `generate(input_ids, pixel_values=..., grid_thws=...)`, where `pixel_values` and
   `grid_thws` are the Qwen2-VL image processor's `pixel_values` and `image_grid_thw`; the merge
   size is `config.vision_config.spatial_merge_size` (a `Qwen2_5_VLVisionConfig`, 2).
-- **Positions.** 1-D RoPE (the language model is a HF `Qwen2ForCausalLM` at `language_model`).
-  At prefill `position_ids = cumsum(expanded attention mask) - 1`. At a decode step with
-  `pixel_values` still passed (transformers 4.x `generate` passes every model kwarg at every
-  step) the legacy branch rebuilds the mask as ones over `past_key_values[0][0]`'s length plus
-  the new token and sets `position_ids = mask.sum() - 1`: the position comes from layer 0's
-  PHYSICAL cache length, which after guikv's cut is the kept count. Without `pixel_values`
-  (transformers 5.x `generate` drops them after the prefill: `MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL`
-  in `generation/utils.py`) the forward uses the positions `generate` passes, which it counted
-  over the unexpanded `input_ids` (each image as one token): too small by the images' expansion,
-  with or without compression. `grid_thws` is not in that list, so it reaches every step.
+- **Positions.** 1-D RoPE (the language model is a HF `Qwen2ForCausalLM` at `language_model`). At
+  prefill `position_ids = cumsum(expanded attention mask) - 1`. At a decode step with
+  `pixel_values` still passed (a hand-written loop, or a `generate` that forwards every model
+  kwarg at every step, as transformers 4.x does for models without their own
+  `prepare_inputs_for_generation`) the legacy branch rebuilds the mask as ones over
+  `past_key_values[0][0]`'s length plus the new token and sets `position_ids = mask.sum() - 1`:
+  the position comes from layer 0's PHYSICAL cache length, which after guikv's cut is the kept
+  count. Without `pixel_values` (transformers 5.x `generate` drops them after the prefill:
+  `MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL` in `generation/utils.py`) the forward uses the
+  positions `generate` passes, which it counted over the unexpanded `input_ids` (each image as one
+  token): too small by the images' expansion, with or without compression. `grid_thws` is not in
+  that list, so it reaches every step.
 
 The HF `modeling_opencua.py` itself was not readable from here (it is not in the stored code
-corpus); the merge and decode-branch behaviour above is that of the LLaVA-legacy merge it is
-ported from (the same functions, `_merge_input_ids_with_image_features` and the
-`first_layer_past_key_value` decode branch, appear in Moonshot's Kimi-VL remote code, whose
-tokenizer and chat template OpenCUA uses). `opencua_standin.py` reproduces this contract.
+corpus; a third-party audit describes it as "a LLaVA-style wrapper of the Qwen2.5-VL vision
+tower and `Qwen2ForCausalLM` that merges image features into the embedding sequence"). The merge
+and decode-branch behaviour above is that LLaVA-legacy merge as it appears, with the same
+`forward(input_ids, pixel_values, grid_thws, ...)` signature, in Moonshot's Kimi remote code
+(`_merge_input_ids_with_image_features` and the `first_layer_past_key_value` decode branch of
+`modeling_kimi_k25.py`, read in third-party ports); OpenCUA uses Kimi-VL's tokenizer and chat
+template. `opencua_standin.py` reproduces this contract.
 
 What guikv does for it:
 - `opencua_inputs` passes the template's ids unexpanded (one placeholder per image).
@@ -49,6 +56,10 @@ What guikv does for it:
 - `keep_decode_positions_logical` (installed by `load`) gives decode steps explicit logical
   positions (`generate`'s position plus the images' expansion) and drops the pixels, so neither
   `generate`'s unexpanded count nor the legacy branch's physical cache length is used.
+
+Unverified here (no checkpoint): whether the remote code loads on transformers 5.x at all; a
+third party reports that 5.6's `post_init` calls its `tie_weights()` with an argument it lacks,
+and its decode branch indexes the cache as `past_key_values[0][0]`, which 5.x caches refuse.
 """
 
 from __future__ import annotations
