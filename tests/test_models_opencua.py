@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoConfig, AutoModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 
 from guikv.agents import detect_family, get_family
 from guikv.analysis import window_attention_counts
 from guikv.compressor import compress
 from guikv.config import CompressionConfig
+from guikv.models import load
 from guikv.models.adapters import OPENCUA, adapter_for
 from guikv.models.opencua import (
     IMAGE_MARKUP,
@@ -26,7 +28,7 @@ from guikv.models.opencua import (
     logical_decode_position,
     tokens_per_image,
 )
-from guikv.models.opencua_standin import build_opencua_standin
+from guikv.models.opencua_standin import OpenCUAStandin, OpenCUAStandinConfig, build_opencua_standin
 from guikv.step import run_step
 
 SCREENSHOTS = sorted(
@@ -305,3 +307,21 @@ def test_attention_analysis_counts_over_the_model_visible_layout(standin):
     sample = window_attention_counts(model, inputs, window=4)
     assert sample.prompt_tokens == layout.length
     assert sample.num_images == 2
+
+
+def test_load_prepares_a_saved_opencua_model(tmp_path):
+    AutoConfig.register("opencua", OpenCUAStandinConfig, exist_ok=True)
+    AutoModel.register(OpenCUAStandinConfig, OpenCUAStandin, exist_ok=True)
+    model, processor = build_opencua_standin(prepared=False)
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load(str(tmp_path), dtype="float32", device="cpu")
+    inputs = adapter_for(loaded).build_inputs(loaded_processor, messages(1))
+    length = adapter_for(loaded).prompt_layout(loaded.config, inputs["input_ids"], inputs).length
+
+    def generate() -> None:
+        with compress(loaded, CompressionConfig(method="gui_kv", budget=10)):
+            loaded.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+
+    assert decode_positions(language_model_calls(loaded, generate)) == [[length]]
