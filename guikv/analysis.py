@@ -212,9 +212,9 @@ class SampleAttention:
         }
 
 
-def _layout_kinds(model: nn.Module, input_ids: torch.Tensor) -> tuple[TokenLayout, torch.Tensor]:
-    """The prompt's token layout and each token's kind."""
-    layout = TokenLayout.from_input_ids(input_ids, adapter_for(model).image_token_ids(model.config))
+def _layout_kinds(model: nn.Module, inputs: dict[str, Any]) -> tuple[TokenLayout, torch.Tensor]:
+    """The layout of the sequence the decoder layers see for `inputs`, and each token's kind."""
+    layout = adapter_for(model).prompt_layout(model.config, inputs["input_ids"], inputs)
     return layout, layout.token_kinds()
 
 
@@ -272,7 +272,7 @@ def window_attention_counts(
         raise ValueError(f"expected one prompt, got a batch of {input_ids.shape[0]}")
     if not 1 <= window <= input_ids.shape[1]:
         raise ValueError(f"window {window} must be between 1 and the prompt length {input_ids.shape[1]}")
-    layout, kinds = _layout_kinds(model, input_ids)
+    layout, kinds = _layout_kinds(model, inputs)
     probe = _WindowProbe(model, kinds, window, threshold, mass)
     with torch.no_grad(), attention_hooks(probe.attentions, on_prefill=probe.after_prefill):
         model(**inputs, use_cache=True, logits_to_keep=1)
@@ -306,7 +306,7 @@ def full_attention_counts(
     implementation = getattr(model.config, "_attn_implementation", None)
     if implementation != "eager":
         raise ValueError(f"full attention weights need eager attention, the model uses {implementation}")
-    layout, kinds = _layout_kinds(model, input_ids)
+    layout, kinds = _layout_kinds(model, inputs)
     length = layout.length
     rows = length if last_rows is None else min(last_rows, length)
     with torch.no_grad():

@@ -140,6 +140,8 @@ class _Hooks:
         self, model: nn.Module, config: CompressionConfig, record_positions: bool, chunked_prefill: bool
     ) -> None:
         adapter = adapter_for(model)
+        self.adapter = adapter
+        self.model_config = model.config
         self.model_name = type(model).__name__
         self.method = build_method(config)
         self.config = config
@@ -181,9 +183,9 @@ class _Hooks:
             return
         if self.forward_started_empty:
             self._finish_chunks()
-            self._start_prompt(input_ids, cache)
+            self._start_prompt(input_ids, cache, kwargs)
         elif self.chunks is not None and cache is self.chunks.cache:
-            self._extend_prompt(input_ids)
+            self._extend_prompt(input_ids, kwargs)
         elif self.cut_before_decode:
             raise RuntimeError(
                 "compress(): a forward of several tokens continued a prompt that was already cut, before "
@@ -198,7 +200,7 @@ class _Hooks:
         if self.forward_started_empty and output_cache(output) is not None:
             self.cached_prefills += 1
 
-    def _start_prompt(self, input_ids: torch.Tensor | None, cache: Any) -> None:
+    def _start_prompt(self, input_ids: torch.Tensor | None, cache: Any, kwargs: dict[str, Any]) -> None:
         if input_ids is not None and input_ids.shape[0] != 1:
             raise ValueError(
                 f"compress() supports batch size 1, got input_ids with batch size {input_ids.shape[0]}: "
@@ -206,17 +208,19 @@ class _Hooks:
             )
         self.prompt_ids = input_ids
         self.report.layout = (
-            TokenLayout.from_input_ids(input_ids, self.image_token_ids) if input_ids is not None else None
+            self.adapter.prompt_layout(self.model_config, input_ids, kwargs)
+            if input_ids is not None
+            else None
         )
         self.chunks = _PromptChunks(cache) if self.chunked_prefill else None
 
-    def _extend_prompt(self, input_ids: torch.Tensor | None) -> None:
+    def _extend_prompt(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         if input_ids is None or self.prompt_ids is None:
             self.prompt_ids = None
             self.report.layout = None
             return
         self.prompt_ids = torch.cat([self.prompt_ids, input_ids], dim=-1)
-        self.report.layout = TokenLayout.from_input_ids(self.prompt_ids, self.image_token_ids)
+        self.report.layout = self.adapter.prompt_layout(self.model_config, self.prompt_ids, kwargs)
 
     def _finish_chunks(self) -> None:
         """Chunked prefill: the prompt is complete; score and cut every layer from all its chunks."""

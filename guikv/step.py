@@ -134,8 +134,8 @@ def run_step(
             )
     finally:
         handle.remove()
-    prompt_tokens = inputs["input_ids"].shape[1]
-    generated = out.sequences[0, prompt_tokens:]
+    prompt_tokens = report.prompt_tokens
+    generated = out.sequences[0, inputs["input_ids"].shape[1] :]
     shape = ModelShape.from_config(model.config)
     steps = max(0, generated.numel() - 1)
     grids = inputs.get("image_grid_thw", inputs.get("grid_thws"))

@@ -1,17 +1,27 @@
-"""What guikv needs to know about a model family: where its decoder layers are and which token ids
-stand for image patches. A registry keyed by `config.model_type`; everything else is generic."""
+"""What guikv needs to know about a model family: where its decoder layers are, which token ids
+stand for image patches, how a prompt's inputs are built and where its screenshots sit in the
+sequence the decoder layers see. A registry keyed by `config.model_type`; everything else is
+generic."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from guikv.layout import TokenLayout
+from guikv.models import opencua
 from guikv.models.inputs import Message, qwen_inputs
-from guikv.models.opencua import opencua_inputs
+
+LayoutBuilder = Callable[[PretrainedConfig, torch.Tensor, Mapping[str, Any]], TokenLayout]
+
+
+def _nothing_to_prepare(model: nn.Module) -> None:
+    """Families whose forward needs no help from guikv."""
 
 
 @dataclass(frozen=True)
@@ -20,13 +30,18 @@ class ModelAdapter:
 
     `layers_path` is the dotted attribute path from the top-level model to the decoder layer list;
     `image_token_attrs` the config attributes holding image placeholder token ids;
-    `build_inputs(processor, messages)` turns chat messages into the model's generate() inputs.
+    `build_inputs(processor, messages)` turns chat messages into the model's generate() inputs;
+    `layout_builder(config, input_ids, forward_kwargs)` gives the token layout the decoder layers
+    see (None: the image runs of `input_ids`, already expanded by the processor); `prepare(model)`
+    is applied once at load time (OpenCUA: logical decode positions).
     """
 
     family: str
     layers_path: str
     image_token_attrs: tuple[str, ...]
     build_inputs: Callable[[Any, Sequence[Message]], Any] = qwen_inputs
+    layout_builder: LayoutBuilder | None = None
+    prepare: Callable[[nn.Module], None] = _nothing_to_prepare
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The language model's decoder layers, in order."""
@@ -50,10 +65,25 @@ class ModelAdapter:
         ids = [getattr(config, attr, None) for attr in self.image_token_attrs]
         return [int(token_id) for token_id in ids if token_id is not None]
 
+    def prompt_layout(
+        self, config: PretrainedConfig, input_ids: torch.Tensor, forward_kwargs: Mapping[str, Any]
+    ) -> TokenLayout:
+        """Where each screenshot sits in the sequence the decoder layers see, from the top-level
+        forward's `input_ids` and keyword arguments (OpenCUA needs `grid_thws` to expand its
+        single placeholder per image; Qwen-VL prompts are expanded already)."""
+        if self.layout_builder is not None:
+            return self.layout_builder(config, input_ids, forward_kwargs)
+        return TokenLayout.from_input_ids(input_ids, self.image_token_ids(config))
+
 
 QWEN_VL = ModelAdapter("ui-tars", "model.language_model.layers", ("image_token_id",))
 OPENCUA = ModelAdapter(
-    "opencua", "language_model.model.layers", ("media_placeholder_token_id",), build_inputs=opencua_inputs
+    "opencua",
+    "language_model.model.layers",
+    ("media_placeholder_token_id",),
+    build_inputs=opencua.opencua_inputs,
+    layout_builder=opencua.prompt_layout,
+    prepare=opencua.keep_decode_positions_logical,
 )
 QWEN2_TEXT = ModelAdapter("qwen2", "model.layers", ())
 QWEN3_TEXT = ModelAdapter("qwen3", "model.layers", ())

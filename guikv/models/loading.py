@@ -26,6 +26,7 @@ from transformers import (
 
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS
 from guikv.errors import UserInputError
+from guikv.models.adapters import ADAPTERS
 from guikv.models.opencua import OpenCUAProcessor
 from guikv.models.tiny import tiny_model_dir
 
@@ -135,7 +136,9 @@ def load(
     """Load (model, processor) from `tiny`, a hub id (e.g. ByteDance-Seed/UI-TARS-1.5-7B) or a directory.
 
     The processor's pixel range is set to `min_pixels`/`max_pixels` (UI-TARS's by default), the
-    same range the agents' `qwen_vl_utils` resize uses, so no screenshot is resized twice.
+    same range the agents' `qwen_vl_utils` resize uses, so no screenshot is resized twice. A
+    known family's load-time preparation is applied (OpenCUA: logical decode positions, see
+    `guikv.models.opencua`); other models are returned as they are and refused where used.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -163,4 +166,7 @@ def load(
             "not an image-text processor (is torchvision installed? the Qwen processors need it)"
         )
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    adapter = ADAPTERS.get(getattr(loaded.config, "model_type", None))
+    if adapter is not None:
+        adapter.prepare(loaded)
     return loaded.to(torch_device).eval(), processor

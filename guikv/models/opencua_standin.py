@@ -1,24 +1,40 @@
-"""A tiny offline stand-in with OpenCUA-7B's module layout, for tests and demos without the hub.
+"""A tiny offline stand-in that reproduces OpenCUA-7B's forward contract, for tests and demos.
 
-OpenCUA is remote code, so it cannot be built from transformers alone. The stand-in keeps what
-guikv relies on: `config.model_type == "opencua"`, `config.media_placeholder_token_id`, the
-language model as a real HF `Qwen2ForCausalLM` (1-D RoPE, GQA) at `model.language_model` (so the
-decoder layers sit at `language_model.model.layers`), OpenCUA's media tokens in the chat template,
-and `generate(input_ids, pixel_values=, grid_thws=)`. Its vision tower is one linear projection
-of each 2x2 group of patches, which replaces the placeholder embeddings; weights are random.
+OpenCUA is remote code (`xlangai/OpenCUA-7B`), so it cannot be built from transformers alone. The
+stand-in keeps every part of it guikv relies on, as documented in `guikv.models.opencua`:
+
+- `config.model_type == "opencua"`, `config.media_placeholder_token_id` (the id of
+  `<|media_placeholder|>`) and `config.vision_config.spatial_merge_size`;
+- the language model as a real HF `Qwen2ForCausalLM` (1-D RoPE, GQA) at `model.language_model`, so
+  the decoder layers sit at `language_model.model.layers`;
+- the chat template's image markup `<|media_begin|>image<|media_content|><|media_placeholder|>`
+  `<|media_end|>`, one placeholder per image;
+- `forward(input_ids, pixel_values=, grid_thws=, ...)` that expands each placeholder into
+  `t·h·w / merge²` positions itself (a token occupation table, as the LLaVA-style
+  `_merge_input_ids_with_image_features`), refuses placeholders that do not match the images
+  one to one, and sets prefill positions to `cumsum(mask) - 1`;
+- the legacy decode branch: with one new token, a cache and `pixel_values` passed, the mask is
+  rebuilt over layer 0's physical cache length and `position_ids = mask.sum() - 1`.
+
+Its vision tower is one linear projection of each `merge x merge` group of patches; weights are
+random. `build_opencua_standin` applies guikv's load-time preparation, as `guikv.models.load`
+does for the real checkpoint.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS
-from guikv.models.opencua import MEDIA_PLACEHOLDER, MEDIA_TOKENS, OpenCUAProcessor
+from guikv.models.adapters import OPENCUA
+from guikv.models.opencua import IMAGE_MARKUP, MEDIA_PLACEHOLDER, MEDIA_TOKENS, OpenCUAProcessor
 from guikv.models.tiny import build_tokenizer
 
 OPENCUA_CHAT_TEMPLATE = (
@@ -26,29 +42,37 @@ OPENCUA_CHAT_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
     "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|media_begin|>image<|media_content|><|media_pad|><|media_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% if content['type'] == 'image' %}" + IMAGE_MARKUP + "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-"""A Qwen-style template writing each image as OpenCUA does: media begin, a type tag, media
-content, one placeholder, media end (the placeholder is expanded per image by `opencua_inputs`)."""
+"""A Qwen-style template (the real one uses Kimi-style role tokens) writing each image with
+OpenCUA's markup: media begin, the type tag, media content, ONE placeholder, media end."""
+
+
+_LM_PARAMETERS = inspect.signature(Qwen2ForCausalLM.forward).parameters
+CACHE_KWARG = "cache" if "cache" in _LM_PARAMETERS else "past_key_values"
+"""The name the installed transformers gives the cache argument (`cache` from 5.24 on)."""
 
 
 class OpenCUAStandinConfig(PreTrainedConfig):
-    """Config of the stand-in: a nested Qwen2 text config, the media placeholder id and the patch
-    geometry of a Qwen2-VL image processor (3 channels x 2 frames x 14 x 14, merged 2x2)."""
+    """Config of the stand-in: a nested Qwen2 text config, a Qwen2.5-VL vision config (for the patch
+    geometry and `spatial_merge_size`) and the media placeholder id."""
 
     model_type = "opencua"
-    sub_configs_defaults: ClassVar[dict[str, Any]] = {"text_config": Qwen2Config}
+    sub_configs_defaults: ClassVar[dict[str, Any]] = {
+        "text_config": Qwen2Config,
+        "vision_config": Qwen2_5_VLVisionConfig,
+    }
 
     text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
     media_placeholder_token_id: int = 0
-    patch_dim: int = 3 * 2 * 14 * 14
-    merge_size: int = 2
 
 
 class OpenCUAStandin(PreTrainedModel, GenerationMixin):
-    """OpenCUA's layout (`vision_tower`, `language_model: Qwen2ForCausalLM`) at toy size."""
+    """OpenCUA's layout (`vision_tower`, `language_model: Qwen2ForCausalLM`) and forward contract
+    at toy size."""
 
     config_class = OpenCUAStandinConfig
     base_model_prefix = ""
@@ -59,9 +83,11 @@ class OpenCUAStandin(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: OpenCUAStandinConfig) -> None:
         super().__init__(config)
-        text = config.text_config
-        self.vision_tower = nn.Linear(config.patch_dim * config.merge_size**2, text.hidden_size)
-        self.language_model = Qwen2ForCausalLM(text)
+        vision = config.vision_config
+        self.patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        self.merge_size = vision.spatial_merge_size
+        self.vision_tower = nn.Linear(self.patch_dim * self.merge_size**2, config.text_config.hidden_size)
+        self.language_model = Qwen2ForCausalLM(config.text_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -81,45 +107,86 @@ class OpenCUAStandin(PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> Any:
-        """Embed the prompt, put the projected patches at the placeholder positions, run the LM."""
+        """Embed the prompt; at prefill expand each placeholder into its image's features, at a
+        decode step with pixels rebuild mask and positions from the physical cache; run the LM.
+        The cache is accepted as `cache` or `past_key_values` (transformers before 5.24)."""
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-            placeholders = input_ids == self.config.media_placeholder_token_id
-            if pixel_values is not None and placeholders.any():
-                inputs_embeds = self._merge_images(inputs_embeds, placeholders, pixel_values)
+            if pixel_values is not None and input_ids.shape[1] != 1:
+                features = self._extract_image_features(pixel_values, grid_thws)
+                inputs_embeds, attention_mask, position_ids = self._merge_input_ids_with_image_features(
+                    features, inputs_embeds, input_ids, attention_mask
+                )
+            elif cache is not None and pixel_values is not None and input_ids.shape[1] == 1:
+                past_length = cache.layers[0].keys.shape[-2]
+                past_mask = attention_mask.new_ones((attention_mask.shape[0], past_length))
+                attention_mask = torch.cat([past_mask, attention_mask[:, -1:]], dim=1)
+                position_ids = attention_mask.sum(dim=1, keepdim=True) - 1
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
 
-    def _merge_images(
+    def _extract_image_features(
+        self, pixel_values: torch.Tensor, grid_thws: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """One projected feature per `merge x merge` patch group (the processor emits each group's
+        patches consecutively), split per image by `t·h·w / merge²`."""
+        group = self.patch_dim * self.merge_size**2
+        dtype = self.vision_tower.weight.dtype
+        features = self.vision_tower(pixel_values.to(dtype).reshape(-1, group))
+        lengths = (grid_thws.prod(dim=-1) // self.merge_size**2).tolist()
+        return list(features.split(lengths))
+
+    def _merge_input_ids_with_image_features(
         self,
+        features: list[torch.Tensor],
         inputs_embeds: torch.Tensor,
-        placeholders: torch.Tensor,
-        pixel_values: torch.Tensor,
-    ) -> torch.Tensor:
-        """One projected feature per 2x2 patch group (the processor emits each group's patches
-        consecutively, so `grid_thws` adds nothing), written over the placeholder embeddings."""
-        group = self.config.patch_dim * self.config.merge_size**2
-        features = self.vision_tower(pixel_values.to(inputs_embeds.dtype).reshape(-1, group))
-        if int(placeholders.sum()) != features.shape[0]:
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The expanded embeddings, mask and positions: each placeholder occupies as many positions
+        as its image has features (a token occupation table), text tokens move along."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"the stand-in runs batch size 1, got {input_ids.shape[0]}")
+        ids = input_ids[0]
+        is_placeholder = ids == self.config.media_placeholder_token_id
+        if int(is_placeholder.sum()) != len(features):
             raise ValueError(
-                f"{int(placeholders.sum())} media placeholder tokens for {features.shape[0]} image features: "
-                "build inputs with guikv.models.opencua.opencua_inputs"
+                f"{int(is_placeholder.sum())} media placeholder tokens for {len(features)} images: OpenCUA "
+                "expands one placeholder per image itself (the checkpoint's occupation table fails here too)"
             )
-        return inputs_embeds.masked_scatter(placeholders[..., None], features)
+        occupation = torch.ones_like(ids)
+        occupation[is_placeholder] = torch.tensor([f.shape[0] for f in features], device=ids.device)
+        last_position = occupation.cumsum(-1) - 1
+        total = int(occupation.sum())
+        merged = inputs_embeds.new_zeros((1, total, inputs_embeds.shape[-1]))
+        merged[0, last_position[~is_placeholder]] = inputs_embeds[0, ~is_placeholder]
+        image_slots = torch.ones(total, dtype=torch.bool, device=ids.device)
+        image_slots[last_position[~is_placeholder]] = False
+        merged[0, image_slots] = torch.cat(features).to(merged.dtype)
+        mask = torch.ones((1, total), dtype=torch.long, device=ids.device)
+        if attention_mask is not None:
+            mask[0, last_position[~is_placeholder]] = attention_mask[0, ~is_placeholder].long()
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        return merged, mask, position_ids
 
 
 def build_opencua_standin(
-    seed: int = 0, attn_implementation: str = "sdpa"
+    seed: int = 0, attn_implementation: str = "sdpa", *, prepared: bool = True
 ) -> tuple[OpenCUAStandin, OpenCUAProcessor]:
     """A random OpenCUA stand-in (4 layers, 4 query / 2 KV heads, head_dim 16) and its processor,
-    deterministic for a given seed."""
+    deterministic for a given seed.
+
+    `prepared` applies guikv's load-time preparation (`ModelAdapter.prepare`), as
+    `guikv.models.load` does for the checkpoint; `False` gives the bare remote-code contract.
+    """
     tokenizer = build_tokenizer()
     tokenizer.add_tokens(list(MEDIA_TOKENS), special_tokens=True)
     tokenizer.chat_template = OPENCUA_CHAT_TEMPLATE
@@ -139,8 +206,12 @@ def build_opencua_standin(
         tie_word_embeddings=False,
     )
     text._attn_implementation = attn_implementation
+    vision = Qwen2_5_VLVisionConfig(
+        depth=1, hidden_size=16, intermediate_size=16, num_heads=1, out_hidden_size=64
+    )
     config = OpenCUAStandinConfig(
         text_config=text,
+        vision_config=vision,
         media_placeholder_token_id=tokenizer.convert_tokens_to_ids(MEDIA_PLACEHOLDER),
         pad_token_id=pad,
         eos_token_id=eos,
@@ -150,5 +221,7 @@ def build_opencua_standin(
     model.generation_config.do_sample = False
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = pad
+    if prepared:
+        OPENCUA.prepare(model)
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     return model, OpenCUAProcessor(tokenizer=tokenizer, image_processor=image_processor)
