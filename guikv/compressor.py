@@ -215,6 +215,11 @@ class _Hooks:
         self.chunks = _PromptChunks(cache) if self.chunked_prefill else None
 
     def _extend_prompt(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
+        if self.adapter.layout_builder is not None:
+            raise ValueError(
+                f"compress(chunked_prefill=True): {self.model_name} expands its image placeholders inside "
+                "its own forward, so its prompt cannot be prefilled in chunks: drop prefill_chunk_size"
+            )
         if input_ids is None or self.prompt_ids is None:
             self.prompt_ids = None
             self.report.layout = None

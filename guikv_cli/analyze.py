@@ -275,7 +275,7 @@ def analyze_prompts(
     for index, (sample_id, messages) in enumerate(prompts):
         progress(sample_id, index)
         inputs = adapter.build_inputs(processor, messages).to(model.device)
-        length = int(inputs["input_ids"].shape[1])
+        length = adapter.prompt_layout(model.config, inputs["input_ids"], inputs).length
         if full:
             size = full_attention_bytes(model, length)
             if size > FULL_MAX_BYTES:
