@@ -17,6 +17,7 @@ from guikv.agents import detect_family, get_family
 from guikv.analysis import window_attention_counts
 from guikv.compressor import compress
 from guikv.config import CompressionConfig
+from guikv.hooks import output_cache
 from guikv.models import load
 from guikv.models.adapters import OPENCUA, adapter_for
 from guikv.models.opencua import (
@@ -325,3 +326,16 @@ def test_load_prepares_a_saved_opencua_model(tmp_path):
             loaded.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
 
     assert decode_positions(language_model_calls(loaded, generate)) == [[length]]
+
+
+def test_a_chunked_prefill_is_refused_since_the_model_expands_placeholders_itself(standin):
+    model, processor = standin
+    ids = processor.tokenizer("click the search box and type hello " * 3, return_tensors="pt")["input_ids"]
+    config = CompressionConfig(method="snapkv", budget=50)
+    with (
+        pytest.raises(ValueError, match="cannot be prefilled in chunks"),
+        torch.no_grad(),
+        compress(model, config, chunked_prefill=True),
+    ):
+        cache = output_cache(model(input_ids=ids[:, :10], use_cache=True))
+        model(input_ids=ids[:, 10:], past_key_values=cache, use_cache=True)
