@@ -23,17 +23,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.flags import compression_config, quiet_transformers
 from guikv.config import METHODS
 from guikv.errors import UserInputError
-from guikv_cli.analyze import (
-    check_screenshots,
-    compact_table,
-    percent,
-    resolve_family,
-    screenshot_messages,
-    write_html,
-)
-from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, TEMPERATURE, WINDOW, quiet_transformers
+from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, TEMPERATURE, WINDOW
+from guikv_cli.report import compact_table, percent, write_html
+from guikv_cli.screenshots import check_screenshots, resolve_family, screenshot_messages
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "benchmark",
@@ -542,7 +537,6 @@ def compare_step(
     quiet_transformers()
     from guikv.analysis import compare_methods
     from guikv.models import load
-    from guikv_cli.options import compression_config
 
     base = compression_config(
         window_size=options["window_size"], alpha=options["alpha"], temperature=options["temperature"]

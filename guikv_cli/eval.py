@@ -25,6 +25,7 @@ from rich.text import Text
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
+from benchmarks.flags import compression_config, quiet_transformers
 from benchmarks.rundir import format_budget, run_directory
 from benchmarks.runner import ORACLE, ModelResponder, OracleResponder, Responder, RunEvents, Shard, run
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
@@ -233,7 +234,7 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
         get_family(family)
     compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
     budgets = values.get("budget") or [10.0]
-    configs = tuple(options.compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
+    configs = tuple(compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -345,7 +346,7 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     from guikv.models import load
     from guikv.models.loading import DTYPES, resolve_attention, resolve_device, resolve_dtype
 
-    options.quiet_transformers()
+    quiet_transformers()
     torch_device = resolve_device(device)
     dtype = next(
         name for name, value in DTYPES.items() if value == resolve_dtype(request.dtype, torch_device)
