@@ -87,6 +87,7 @@ RECORD_FIELDS: tuple[str, ...] = (
 Mind2Web only); after the score fields comes `scoring_input`."""
 
 SCORING_INPUT = "scoring_input"
+"""The record field holding `ScoringInput.to_json()`: what `--rescore` scores the raw output against."""
 
 _SIZE_FIELDS = frozenset({"prompt_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"})
 """Costs that describe the cache's size: averaged over a sample's model calls (Mind2Web scrolls),

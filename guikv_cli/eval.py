@@ -160,7 +160,8 @@ def eval_command(
     temperature: float = options.TEMPERATURE,
     window_size: int = options.WINDOW,
 ) -> None:
-    """Evaluate a model on GUI-agent benchmarks with a compressed KV cache; resumable, shardable."""
+    """Evaluate a model on GUI-agent benchmarks with a compressed KV cache (resumable, shardable), or
+    re-score finished runs with --rescore."""
     values = dict(ctx.params)
     explicit = {name for name in values if _given(ctx, name)}
     if rescore_runs:
