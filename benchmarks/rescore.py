@@ -138,10 +138,10 @@ def _rescore_record(spec: BenchmarkSpec, family: Any, record: Record, where: str
         raise UserInputError(f"{where}: benchmark {record.get('benchmark')!r}; expected {spec.name!r}")
     try:
         scoring = ScoringInput.from_json(spec.name, record[SCORING_INPUT])
-        action, scores = score_output(spec, family, scoring, str(record.get("raw_output") or ""))
+        actions, scores = score_output(spec, family, scoring, str(record.get("raw_output") or ""))
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise UserInputError(f"{where}: cannot re-score the record ({error})") from None
-    fields = {**record_fields(record), "action": action.to_dict()}
+    fields = {**record_fields(record), "action": actions[0].to_dict()}
     return assemble_record(fields, scores, record[SCORING_INPUT])
 
 

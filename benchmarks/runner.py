@@ -193,12 +193,18 @@ class RunEvents:
 
 @dataclass
 class _Turn:
-    """One model call of a sample: its text, the parsed action, costs and the error if it failed."""
+    """One model call of a sample: its text, every action parsed from it (in order), costs and the
+    error if it failed."""
 
     text: str
-    action: Action
+    actions: list[Action]
     costs: dict[str, float]
     error: str | None = None
+
+    @property
+    def action(self) -> Action:
+        """The first parsed action: the one the scroll loop follows."""
+        return self.actions[0]
 
 
 @dataclass
@@ -271,20 +277,20 @@ class _Player:
                 f"{sample.sample_id}: generation failed ({message}); recorded as failed, "
                 "retried by the next run"
             )
-            return _Turn("", Action.unparsed(""), zero_costs(), message)
+            return _Turn("", [Action.unparsed("")], zero_costs(), message)
         return _Turn(reply.text, parse_output(self.family, reply.text, size), reply.costs)
 
     def _record(self, sample: Any, turns: list[_Turn], scoring: ScoringInput, extra: Record) -> Record:
         """The trace record of a finished sample: its final output scored through `score_output`."""
         final = turns[-1]
-        action, scores = score_output(self.spec, self.family, scoring, final.text)
+        actions, scores = score_output(self.spec, self.family, scoring, final.text)
         fields: Record = {
             "sample_id": sample.sample_id,
             "benchmark": self.spec.name,
             "model_calls": len(turns),
             **_combine_costs([turn.costs for turn in turns]),
             "raw_output": final.text,
-            "action": action.to_dict(),
+            "action": actions[0].to_dict(),
             "ground_truth": ground_truth_record(self.spec.name, sample),
             "error": next((turn.error for turn in turns if turn.error), None),
             **extra,

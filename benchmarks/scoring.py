@@ -58,15 +58,16 @@ class ScoringInput:
         return cls(sample, size, options)
 
 
-def parse_output(family: AgentFamily, text: str, image_size: tuple[int, int]) -> Action:
-    """The first action the family's parser reads in `text` at `image_size` (unparsed if none)."""
-    actions = family.parse(text, image_size)
-    return actions[0] if actions else Action.unparsed(text)
+def parse_output(family: AgentFamily, text: str, image_size: tuple[int, int]) -> list[Action]:
+    """Every action the family's parser reads in `text` at `image_size`, in order (one unparsed
+    action when it reads none)."""
+    return family.parse(text, image_size) or [Action.unparsed(text)]
 
 
 def score_output(
     spec: BenchmarkSpec, family: AgentFamily, scoring: ScoringInput, text: str
-) -> tuple[Action, dict[str, Any]]:
-    """Parse a raw output and score it with the benchmark's metric: the action and the score fields."""
-    action = parse_output(family, text, scoring.image_size)
-    return action, spec.score(scoring.sample, action, **scoring.options)
+) -> tuple[list[Action], dict[str, Any]]:
+    """Parse a raw output and score it with the benchmark's metric: the parsed actions and the score
+    fields. The metric is given the first action."""
+    actions = parse_output(family, text, scoring.image_size)
+    return actions, spec.score(scoring.sample, actions[0], **scoring.options)
