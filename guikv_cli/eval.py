@@ -76,7 +76,10 @@ _KEY_TYPES: dict[str, str] = {
     "alpha": "float",
     "temperature": "float",
     "window_size": "int",
-    **{name: {int: "int", float: "float", str: "text"}[kind] for name, kind in _EXTRA_COMPRESSION.items()},
+    **{
+        name: {bool: "bool", int: "int", float: "float", str: "text"}[kind]
+        for name, kind in _EXTRA_COMPRESSION.items()
+    },
 }
 """Every key a `--config` YAML may hold (flag names, `-` or `_`), with the kind of value expected."""
 
