@@ -40,6 +40,9 @@ from guikv.errors import UserInputError
 SUMMARY_FIELDS = ("benchmark", "family", "config", "skipped", "excluded")
 """What re-scoring reads from the old summary."""
 
+CONFIG_FIELDS = ("model", "family", "method", "budget")
+"""The settings a summary is built from (besides the rest of `config`, copied as it is)."""
+
 
 @dataclass(frozen=True)
 class Rescored:
@@ -87,6 +90,14 @@ def _old_summary(run_dir: Path) -> dict[str, Any]:
     missing = [key for key in SUMMARY_FIELDS if not isinstance(summary, dict) or key not in summary]
     if missing:
         raise UserInputError(f"{path}: not an eval run summary (missing {', '.join(missing)})")
+    config = summary["config"]
+    unset = [key for key in CONFIG_FIELDS if not isinstance(config, dict) or key not in config]
+    if unset:
+        raise UserInputError(f"{path}: not an eval run summary (config lacks {', '.join(unset)})")
+    for key in ("skipped", "excluded"):
+        listed = summary[key]
+        if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
+            raise UserInputError(f"{path}: not an eval run summary ({key} is not a list of objects)")
     return summary
 
 

@@ -165,6 +165,13 @@ def damaged_input(run_dir: Path) -> None:
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def summary_without_model(run_dir: Path) -> None:
+    """Take `model` out of the summary's `config`, as a hand-edited summary might."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    del summary["config"]["model"]
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary))
+
+
 BAD_RESCORES: dict[str, tuple[list[str], Any, str]] = {
     "no such folder": (["{tmp}/nowhere"], None, "nowhere: no such folder; expected an eval run directory"),
     "not a run directory": (["{tmp}/empty"], None, "empty: not an eval run directory (no config.yaml"),
@@ -179,6 +186,11 @@ BAD_RESCORES: dict[str, tuple[list[str], Any, str]] = {
         ["{run}"],
         damaged_input,
         "(line 2): cannot re-score the record (scoring_input.sample.bbox",
+    ),
+    "summary config lacks model": (
+        ["{run}"],
+        summary_without_model,
+        "summary.json: not an eval run summary (config lacks model)",
     ),
     "a run flag": (
         ["{run}", "--model", "tiny"],
