@@ -2,6 +2,8 @@
 
 AgentNetBench steps carry their history: the caller passes the earlier steps' texts (the model's
 own outputs during an eval run); without them each earlier step's ground-truth monologue is used.
+The earlier screenshots shown are the most recent ones that exist on disk (`history_screenshots`):
+a missing one is replaced by the next older one, so the prompt keeps its number of images.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from benchmarks.agentnetbench import AgentNetStep, PastStep
 from benchmarks.androidcontrol import AndroidControlSample
 from benchmarks.mind2web import Mind2WebSample
 from guikv.agents import AgentFamily, Message, Monologue
-from guikv.agents.prompting import HistoryEntry
+from guikv.agents.prompting import HISTORY_TEXT_WINDOW, HistoryEntry
 
 DEFAULT_SCREENSHOTS = 5
 """The paper's 5-screenshot setting: 4 earlier screenshots and the current one."""
@@ -27,6 +29,18 @@ def ground_truth_history(past: PastStep) -> Monologue:
     )
 
 
+def history_screenshots(sample: AgentNetStep, screenshots: int) -> tuple[PastStep, ...]:
+    """The earlier steps whose screenshots an AgentNetBench prompt with `screenshots` images (the
+    current one included) shows, oldest first: the `screenshots - 1` most recent that exist on
+    disk, among the steps whose text the prompt keeps (the last `HISTORY_TEXT_WINDOW`), so that
+    every screenshot still sits before its own step's text."""
+    wanted = screenshots - 1
+    if wanted < 1:
+        return ()
+    existing = [past for past in sample.history[-HISTORY_TEXT_WINDOW:] if past.image_exists]
+    return tuple(existing[-wanted:])
+
+
 def sample_prompt(
     family: AgentFamily,
     sample: object,
@@ -38,15 +52,17 @@ def sample_prompt(
 ) -> tuple[list[Message], Path]:
     """The family's messages for one sample, and the screenshot they ask about.
 
-    `history` (AgentNetBench) holds one entry per earlier step, `screenshots` caps the screenshots
-    per prompt (current included); `block` and `notes` are Mind2Web's scroll position and the
+    `history` (AgentNetBench) holds one entry per earlier step, `screenshots` is the number of
+    screenshots per prompt (current included; fewer only when too few earlier ones exist, see
+    `history_screenshots`); `block` and `notes` are Mind2Web's scroll position and the
     "Scroll down." actions taken to get there.
     """
     if isinstance(sample, AgentNetStep):
         entries = list(history) if history is not None else [ground_truth_history(p) for p in sample.history]
-        earlier = [past.image if past.image_exists else None for past in sample.history]
+        shown = {past.step_index for past in history_screenshots(sample, screenshots)}
+        earlier = [past.image if past.step_index in shown else None for past in sample.history]
         messages = family.computer_use_messages(
-            sample.instruction, [*earlier, sample.image], entries, max_history_screenshots=screenshots - 1
+            sample.instruction, [*earlier, sample.image], entries, max_history_screenshots=len(earlier)
         )
         return messages, sample.image
     if isinstance(sample, AndroidControlSample):

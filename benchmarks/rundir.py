@@ -1,11 +1,12 @@
 """The run directory of one evaluation: where it lives, what it holds, and how it survives a kill.
 
 `<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash>/` holds `config.yaml` (every setting),
-`samples.jsonl` (one JSON record per finished sample, appended and fsynced as each finishes) and
-`summary.json` (written atomically at the end). The hash covers every setting, so a changed setting
-gets a new directory and re-running the same command resumes where it stopped. Under several
-processes each writes `samples.rank<i>.jsonl` and the main process folds those into `samples.jsonl`.
-`guikv compare` reads these directories, so this layout is a contract (docs/eval.md).
+`samples.jsonl` (one JSON record per finished sample, appended and fsynced as each finishes, and put
+in dataset order when the run ends) and `summary.json` (written atomically at the end). The hash
+covers every setting, so a changed setting gets a new directory and re-running the same command
+resumes where it stopped, retrying the samples that failed. Under several processes each writes
+`samples.rank<i>.jsonl` and the main process folds those into `samples.jsonl`. `guikv compare`
+reads these directories, so this layout is a contract (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 SHARD_GLOB = "samples.rank*.jsonl"
 LOCK_FILE = ".lock"
+PREVIOUS_SAMPLES_FILE = "samples.previous.jsonl"
+"""Where `--no-resume` moves the trace it replaces (one generation kept)."""
 
 Record = dict[str, Any]
 """One finished sample as written to `samples.jsonl`."""
+
+
+def is_failed(record: Record) -> bool:
+    """Whether a record is of a sample that raised (its `error` is set) rather than one scored."""
+    return bool(record.get("error"))
 
 
 def shard_file(rank: int) -> str:
@@ -64,11 +72,12 @@ def run_directory(output: Path, settings: Mapping[str, Any]) -> Path:
     return output / settings["benchmark"] / model_slug(settings["model"]) / leaf
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8) to `path` through a temporary file and a rename, so a reader
+    never sees half a file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
+    with temporary.open("wb") as handle:
+        handle.write(content.encode("utf-8") if isinstance(content, str) else content)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -152,6 +161,16 @@ class TraceWriter:
         self.close()
 
 
+def trace_text(records: Iterable[Record]) -> str:
+    """Records as the lines of a trace file, exactly as `TraceWriter` writes them."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def rewrite_trace(path: Path, records: Iterable[Record]) -> None:
+    """Replace a trace file by `records`, atomically (a kill leaves the old file or the new one)."""
+    write_atomic(path, trace_text(records))
+
+
 def append_records(path: Path, records: Iterable[Record]) -> int:
     """Append records to a trace (fsynced); returns how many were written."""
     count = 0
@@ -196,19 +215,30 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What preparing a run directory found: records removed by `--no-resume`, records kept for the
-    resume, whether an incomplete last line was dropped, and records folded in from shard files."""
+    """What preparing a run directory found: records `--no-resume` moved aside (to
+    `PREVIOUS_SAMPLES_FILE`), records kept for the resume, whether an incomplete last line was
+    dropped, records folded in from shard files, and the failed samples taken out to run again."""
 
-    removed: int = 0
+    moved: int = 0
     kept: int = 0
     dropped_partial: bool = False
     merged: int = 0
+    retried: tuple[str, ...] = ()
 
 
-def prepare(run_dir: Path, settings: Mapping[str, Any], *, resume: bool, order: Sequence[str]) -> Prepared:
-    """Create the run directory and write `config.yaml`; with `resume`, repair `samples.jsonl` and fold
-    in shard files left by an interrupted multi-process run; without, delete the earlier trace, shard
-    files and summary. Main process only. An unwritable `--output` is a `UserInputError`."""
+def prepare(
+    run_dir: Path,
+    settings: Mapping[str, Any],
+    *,
+    resume: bool,
+    retry_failed: bool = True,
+    order: Sequence[str],
+) -> Prepared:
+    """Create the run directory and write `config.yaml`; with `resume`, repair `samples.jsonl`, fold in
+    shard files left by an interrupted multi-process run and (with `retry_failed`) take out the
+    records of failed samples so that they run again; without `resume`, move the earlier trace to
+    `PREVIOUS_SAMPLES_FILE` (never deleting records silently) and delete the shard files and
+    summary. Main process only. An unwritable `--output` is a `UserInputError`."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(dict(settings), sort_keys=False))
@@ -216,20 +246,46 @@ def prepare(run_dir: Path, settings: Mapping[str, Any], *, resume: bool, order: 
         raise _unwritable(run_dir, error) from None
     samples = run_dir / SAMPLES_FILE
     if not resume:
-        removed = _count_lines(samples)
-        for path in [samples, run_dir / SUMMARY_FILE, *run_dir.glob(SHARD_GLOB)]:
-            path.unlink(missing_ok=True)
-        return Prepared(removed=removed)
+        return Prepared(moved=_move_aside(run_dir))
     trace = read_trace(samples, repair=True)
     merged = merge_shards(run_dir, order)
-    return Prepared(kept=len(trace.records) + merged, dropped_partial=trace.dropped_partial, merged=merged)
+    records = read_trace(samples).records if merged else trace.records
+    failed = [record for record in records if is_failed(record)] if retry_failed else []
+    if failed:
+        rewrite_trace(samples, [record for record in records if not is_failed(record)])
+    return Prepared(
+        kept=len(records) - len(failed),
+        dropped_partial=trace.dropped_partial,
+        merged=merged,
+        retried=tuple(record["sample_id"] for record in failed),
+    )
 
 
-def _count_lines(path: Path) -> int:
-    """How many non-blank lines a trace has (damaged or not), for the `--no-resume` notice."""
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+def _move_aside(run_dir: Path) -> int:
+    """`--no-resume`: move `samples.jsonl` and any shard files, byte for byte (damaged or not), into
+    `PREVIOUS_SAMPLES_FILE` (replacing an older one) and delete the summary; returns how many
+    records were moved."""
+    sources = [run_dir / SAMPLES_FILE, *sorted(run_dir.glob(SHARD_GLOB))]
+    lines = [line for path in sources if path.is_file() for line in path.read_bytes().split(b"\n")]
+    kept = [line for line in lines if line.strip()]
+    if kept:
+        write_atomic(run_dir / PREVIOUS_SAMPLES_FILE, b"".join(line + b"\n" for line in kept))
+    for path in [*sources, run_dir / SUMMARY_FILE]:
+        path.unlink(missing_ok=True)
+    return len(kept)
+
+
+def put_in_order(path: Path, order: Sequence[str]) -> bool:
+    """Rewrite a trace in dataset `order` (unknown ids last, in file order) if it is not already, as
+    after retried samples were appended at the end; returns whether it was rewritten. The file then
+    does not depend on how the run was interrupted, retried or sharded."""
+    records = read_trace(path).records
+    position = {sample_id: index for index, sample_id in enumerate(order)}
+    ranked = sorted(records, key=lambda r: position.get(r["sample_id"], len(position)))
+    if [r["sample_id"] for r in ranked] == [r["sample_id"] for r in records]:
+        return False
+    rewrite_trace(path, ranked)
+    return True
 
 
 def merge_shards(run_dir: Path, order: Sequence[str]) -> int:

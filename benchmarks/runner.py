@@ -1,12 +1,13 @@
 """Drives an agent over a benchmark: prompt, generate (or answer as the oracle), parse, score, trace.
 
 For each sample the runner builds the agent family's prompt for that benchmark (AgentNetBench:
-computer use with the model's own earlier outputs and the last `screenshots - 1` earlier
-screenshots; AndroidControl: mobile; ScreenSpot-v2/Pro: grounding; Mind2Web: web, with the scroll
-loop of `mind2web.scroll_step`), asks a `Responder` for the answer, parses it with the family's
-parser at the current screenshot's size, scores it with the benchmark's metric and appends the
-record to the run directory's trace (see `benchmarks.rundir`). Finished samples are never run
-again; several processes share the work through a `Shard`.
+computer use with the model's own earlier outputs and the `screenshots - 1` most recent earlier
+screenshots that exist; AndroidControl: mobile; ScreenSpot-v2/Pro: grounding; Mind2Web: web, with
+the scroll loop of `mind2web.scroll_step`), asks a `Responder` for the answer, parses and scores it
+through `benchmarks.scoring` (the path `--rescore` repeats) and appends the record, with what
+re-scoring needs, to the run directory's trace (see `benchmarks.rundir`). Scored samples are never
+run again; a sample that raised is recorded as failed, reported apart, and retried by the next run.
+Several processes share the work through a `Shard`.
 
 Nothing here prints: progress and warnings go through `RunEvents`, so the CLI decides how to show
 them. torch is only imported when a real model answers, so the oracle runs without it.
@@ -14,7 +15,6 @@ them. torch is only imported when a real model answers, so the oracle runs witho
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -25,19 +25,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from benchmarks import agentnetbench, androidcontrol, mind2web
 from benchmarks.common import BenchmarkSpec, LoadResult, SkippedSample, image_size
-from benchmarks.prompts import ground_truth_history, sample_prompt
+from benchmarks.jsonable import to_json
+from benchmarks.prompts import ground_truth_history, history_screenshots, sample_prompt
 from benchmarks.rundir import (
+    PREVIOUS_SAMPLES_FILE,
     SAMPLES_FILE,
     SUMMARY_FILE,
     Record,
     TraceWriter,
+    is_failed,
     merge_shards,
     prepare,
+    put_in_order,
     read_trace,
     run_lock,
     shard_file,
     write_json,
 )
+from benchmarks.scoring import ScoringInput, parse_output, score_output
+from guikv import __version__
 from guikv.agents import Action, AgentFamily, Message
 from guikv.agents.prompting import HistoryEntry
 from guikv.errors import UserInputError
@@ -64,6 +70,24 @@ COST_FIELDS: tuple[str, ...] = (
     "decode_seconds",
 )
 """Cost numbers of every record (all 0 for the oracle, which runs no model)."""
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "sample_id",
+    "benchmark",
+    "model_calls",
+    *COST_FIELDS,
+    "raw_output",
+    "action",
+    "ground_truth",
+    "error",
+    "history_screenshots",
+    "scroll_outputs",
+)
+"""The fields a trace record has before its score fields (the last two for AgentNetBench and
+Mind2Web only); after the score fields comes `scoring_input`."""
+
+SCORING_INPUT = "scoring_input"
+"""The record field holding `ScoringInput.to_json()`: what `--rescore` scores the raw output against."""
 
 _SIZE_FIELDS = frozenset({"prompt_tokens", "kept_tokens", "kv_bytes_full", "kv_bytes_kept"})
 """Costs that describe the cache's size: averaged over a sample's model calls (Mind2Web scrolls),
@@ -169,12 +193,18 @@ class RunEvents:
 
 @dataclass
 class _Turn:
-    """One model call of a sample: its text, the parsed action, costs and the error if it failed."""
+    """One model call of a sample: its text, every action parsed from it (in order), costs and the
+    error if it failed."""
 
     text: str
-    action: Action
+    actions: list[Action]
     costs: dict[str, float]
     error: str | None = None
+
+    @property
+    def action(self) -> Action:
+        """The first parsed action: the one the scroll loop follows."""
+        return self.actions[0]
 
 
 @dataclass
@@ -193,17 +223,21 @@ class _Player:
         if self.spec.name == mind2web.SPEC.name:
             return self._web(sample)
         history = None
+        extra: Record = {}
         if isinstance(sample, agentnetbench.AgentNetStep):
             history = [self._history_entry(sample.task_id, past) for past in sample.history]
+            shown = history_screenshots(sample, self.screenshots)
+            extra["history_screenshots"] = [past.step_num for past in shown]
         messages, image = sample_prompt(self.family, sample, history=history, screenshots=self.screenshots)
-        turn = self._call(sample, messages, lambda: self.spec.ground_truth_action(sample), image_size(image))
-        return self._record(sample, [turn], self.spec.score(sample, turn.action))
+        size = image_size(image)
+        turn = self._call(sample, messages, lambda: self.spec.ground_truth_action(sample), size)
+        return self._record(sample, [turn], ScoringInput(sample, size), extra)
 
     def _history_entry(self, task_id: str, past: agentnetbench.PastStep) -> HistoryEntry:
         """An earlier step's history: the model's own raw output from its record, else (the step was
-        skipped for a missing screenshot) its ground-truth monologue."""
+        skipped for a missing screenshot, or its generation failed) its ground-truth monologue."""
         record = self.finished.get(f"{task_id}/{past.step_num}")
-        if record is not None:
+        if record is not None and not is_failed(record):
             return str(record["raw_output"])
         return ground_truth_history(past)
 
@@ -227,7 +261,8 @@ class _Player:
                 break
             notes.append(move.note or "")
             block = move.block
-        return self._record(sample, turns, mind2web.score(sample, turns[-1].action, block=block))
+        scoring = ScoringInput(sample, sample.block_sizes[block], {"block": block})
+        return self._record(sample, turns, scoring, {"scroll_outputs": [turn.text for turn in turns[:-1]]})
 
     def _call(
         self, sample: Any, messages: list[Message], expected: Callable[[], Action], size: tuple[int, int]
@@ -238,28 +273,40 @@ class _Player:
             reply = self.responder.reply(messages, expected, size)
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
-            self.events.note(f"{sample.sample_id}: generation failed ({message}); scored as unparsed")
-            return _Turn("", Action.unparsed(""), zero_costs(), message)
-        actions = self.family.parse(reply.text, size)
-        return _Turn(reply.text, actions[0] if actions else Action.unparsed(reply.text), reply.costs)
+            self.events.note(
+                f"{sample.sample_id}: generation failed ({message}); recorded as failed, "
+                "retried by the next run"
+            )
+            return _Turn("", [Action.unparsed("")], zero_costs(), message)
+        return _Turn(reply.text, parse_output(self.family, reply.text, size), reply.costs)
 
-    def _record(self, sample: Any, turns: list[_Turn], scores: dict[str, Any]) -> Record:
-        """The trace record of a finished sample."""
+    def _record(self, sample: Any, turns: list[_Turn], scoring: ScoringInput, extra: Record) -> Record:
+        """The trace record of a finished sample: its final output scored through `score_output`."""
         final = turns[-1]
-        record: Record = {
+        actions, scores = score_output(self.spec, self.family, scoring, final.text)
+        fields: Record = {
             "sample_id": sample.sample_id,
             "benchmark": self.spec.name,
             "model_calls": len(turns),
             **_combine_costs([turn.costs for turn in turns]),
             "raw_output": final.text,
-            "action": final.action.to_dict(),
+            "action": actions[0].to_dict(),
             "ground_truth": ground_truth_record(self.spec.name, sample),
             "error": next((turn.error for turn in turns if turn.error), None),
+            **extra,
         }
-        if self.spec.name == mind2web.SPEC.name:
-            record["scroll_outputs"] = [turn.text for turn in turns[:-1]]
-        record.update(scores)
-        return record
+        return assemble_record(fields, scores, scoring.to_json())
+
+
+def assemble_record(fields: Mapping[str, Any], scores: Mapping[str, Any], scoring: Any) -> Record:
+    """A trace record: its `RECORD_FIELDS`, then the score fields, then `scoring_input` (one layout
+    for a run and a re-score, so re-scoring an unchanged run rewrites the same bytes)."""
+    return {**fields, **scores, SCORING_INPUT: scoring}
+
+
+def record_fields(record: Record) -> Record:
+    """The `RECORD_FIELDS` of a record (what re-scoring keeps), in the record's order."""
+    return {key: value for key, value in record.items() if key in RECORD_FIELDS}
 
 
 def _combine_costs(per_call: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -272,31 +319,18 @@ def _combine_costs(per_call: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return combined
 
 
-def _jsonable(value: Any) -> Any:
-    """Dataclasses, paths and tuples as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    return value
-
-
 def ground_truth_record(benchmark: str, sample: Any) -> dict[str, Any]:
     """The sample's ground truth in the benchmark's own terms, for the trace."""
     if benchmark == agentnetbench.SPEC.name:
-        return {"actions": _jsonable(sample.ground_truth), "alternatives": _jsonable(sample.alternatives)}
+        return {"actions": to_json(sample.ground_truth), "alternatives": to_json(sample.alternatives)}
     if benchmark == androidcontrol.SPEC.name:
-        return _jsonable(sample.ground_truth)
+        return to_json(sample.ground_truth)
     if benchmark == mind2web.SPEC.name:
         return {
             "operation": sample.operation,
             "value": sample.value,
-            "bboxes": _jsonable(sample.bboxes),
-            "target_blocks": _jsonable(sample.target_blocks),
+            "bboxes": to_json(sample.bboxes),
+            "target_blocks": to_json(sample.target_blocks),
         }
     return {"bbox": list(sample.bbox), "normalized_box": list(sample.normalized_box)}
 
@@ -342,18 +376,37 @@ def savings(records: Sequence[Record]) -> dict[str, float | None]:
     }
 
 
-def _listed(items: Sequence[SkippedSample]) -> list[dict[str, Any]]:
+def listed(items: Sequence[SkippedSample]) -> list[dict[str, Any]]:
     """Skipped or excluded samples as JSON: id, reason and the files looked for."""
     return [
         {"sample_id": s.sample_id, "reason": s.reason, "missing": [str(p) for p in s.missing]} for s in items
     ]
 
 
+def failure_warning(failed: int, total: int) -> str | None:
+    """The summary's sentence about failed samples (None when none failed)."""
+    if not failed:
+        return None
+    return (
+        f"{failed} of {total} samples failed (their generation raised): `metrics` are over the "
+        f"{total - failed} scored samples only, `metrics_failures_as_wrong` counts the failed ones as "
+        "wrong; re-run the same command to retry them"
+    )
+
+
 def build_summary(
-    spec: BenchmarkSpec, settings: Mapping[str, Any], loaded: LoadResult[Any], records: Sequence[Record]
+    spec: BenchmarkSpec,
+    settings: Mapping[str, Any],
+    records: Sequence[Record],
+    skipped: Sequence[Mapping[str, Any]],
+    excluded: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """`summary.json`: the settings, the benchmark's metrics over `records` (in dataset order), the
-    compression savings, and what was scored, skipped (missing files), excluded and failed."""
+    """`summary.json`: the settings, the benchmark's metrics over the scored `records` (in dataset
+    order; failed samples apart, also shown counted as wrong), the compression savings, what was
+    scored, skipped (missing files, as `listed`), excluded and failed, and the guikv version that
+    scored it."""
+    scored = [record for record in records if not is_failed(record)]
+    failed = [record for record in records if is_failed(record)]
     return {
         "benchmark": spec.name,
         "title": spec.title,
@@ -363,14 +416,18 @@ def build_summary(
         "budget": settings["budget"],
         "config": dict(settings),
         "metric_columns": list(spec.metric_columns),
-        "metrics": spec.summarize(list(records)),
+        "metrics": spec.summarize(scored),
         "savings": savings(records),
-        "samples_scored": len(records),
-        "samples_skipped": len(loaded.skipped),
-        "skipped": _listed(loaded.skipped),
-        "samples_excluded": len(loaded.excluded),
-        "excluded": _listed(loaded.excluded),
-        "samples_failed": sum(1 for r in records if r.get("error")),
+        "samples_scored": len(scored),
+        "samples_skipped": len(skipped),
+        "skipped": [dict(item) for item in skipped],
+        "samples_excluded": len(excluded),
+        "excluded": [dict(item) for item in excluded],
+        "samples_failed": len(failed),
+        "failed": [{"sample_id": r["sample_id"], "error": r["error"]} for r in failed],
+        "metrics_failures_as_wrong": spec.summarize(list(records)) if failed else None,
+        "warning": failure_warning(len(failed), len(records)),
+        "guikv_version": __version__,
     }
 
 
@@ -384,23 +441,25 @@ def run(
     *,
     screenshots: int = 5,
     resume: bool = True,
+    retry_failed: bool = True,
     shard: Shard | None = None,
     events: RunEvents | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate every sample of `loaded` not yet in `run_dir`'s trace and write the summary.
 
     The main process locks the directory against a second invocation and prepares it (config, trace
-    repair or `--no-resume` reset); then each
-    process plays its share, appending records as they finish (`samples.jsonl` alone, or
-    `samples.rank<i>.jsonl` under several processes); after a barrier the main process merges the
-    shards and writes `summary.json`, which it returns (other processes return None).
+    repair, failed samples taken out to run again unless `retry_failed` is False, or the
+    `--no-resume` reset); then each process plays its share, appending records as they finish
+    (`samples.jsonl` alone, or `samples.rank<i>.jsonl` under several processes); after a barrier the
+    main process merges the shards, puts the trace in dataset order and writes `summary.json`,
+    which it returns (other processes return None).
     """
     shard = shard or Shard()
     events = events or RunEvents()
     order = sample_order(loaded)
     with run_lock(run_dir) if shard.is_main else nullcontext():
         if shard.is_main:
-            _prepare(run_dir, settings, resume, order, events)
+            _prepare(run_dir, settings, resume, retry_failed, order, events)
         shard.barrier()
         finished = _by_id(read_trace(run_dir / SAMPLES_FILE).records)
         pending = [sample for sample in loaded.samples if sample.sample_id not in finished]
@@ -418,21 +477,28 @@ def run(
         if not shard.is_main:
             return None
         merge_shards(run_dir, order)
+        put_in_order(run_dir / SAMPLES_FILE, order)
         done = _by_id(read_trace(run_dir / SAMPLES_FILE).records)
         records = [done[sample_id] for sample_id in order if sample_id in done]
-        summary = build_summary(spec, settings, loaded, records)
+        summary = build_summary(spec, settings, records, listed(loaded.skipped), listed(loaded.excluded))
         write_json(run_dir / SUMMARY_FILE, summary)
         return summary
 
 
 def _prepare(
-    run_dir: Path, settings: Mapping[str, Any], resume: bool, order: Sequence[str], events: RunEvents
+    run_dir: Path,
+    settings: Mapping[str, Any],
+    resume: bool,
+    retry_failed: bool,
+    order: Sequence[str],
+    events: RunEvents,
 ) -> None:
     """Prepare the run directory (main process) and say what was found: a reset, a dropped partial
-    line, records folded in from shard files, samples already done."""
-    prepared = prepare(run_dir, settings, resume=resume, order=order)
+    line, records folded in from shard files, samples already done, failed samples run again."""
+    prepared = prepare(run_dir, settings, resume=resume, retry_failed=retry_failed, order=order)
     if not resume:
-        events.note(f"--no-resume: starting {run_dir} afresh ({prepared.removed} earlier records removed)")
+        kept = f"; its {prepared.moved} earlier records moved to {PREVIOUS_SAMPLES_FILE}"
+        events.note(f"--no-resume: starting {run_dir} afresh{kept if prepared.moved else ''}")
     if prepared.dropped_partial:
         events.note(
             f"{run_dir / SAMPLES_FILE}: dropped an incomplete last line (an interrupted write); "
@@ -442,6 +508,9 @@ def _prepare(
         events.note(f"{run_dir}: folded {prepared.merged} records from an interrupted multi-process run")
     if prepared.kept:
         events.note(f"resuming {run_dir}: {prepared.kept} of {len(order)} samples already done")
+    if prepared.retried:
+        shown = ", ".join(prepared.retried[:3]) + (", ..." if len(prepared.retried) > 3 else "")
+        events.note(f"{run_dir}: retrying {len(prepared.retried)} samples that failed before ({shown})")
 
 
 def _by_id(records: Sequence[Record]) -> dict[str, Record]:

@@ -20,6 +20,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.flags import compression_config, quiet_transformers
 from guikv.agents.family import get_family
 from guikv.compressor import compress
 from guikv.config import METHODS
@@ -28,7 +29,6 @@ from guikv.flops import ModelShape, decode_flops, flop_counter
 from guikv.models import adapter_for, build_tiny, load
 from guikv.models.tiny import cache_root
 from guikv.step import run_step
-from guikv_cli.options import compression_config, quiet_transformers
 
 REPO_SCREENS = Path(__file__).resolve().parents[1] / "examples" / "screens"
 QWEN7B_ATTENTION = {

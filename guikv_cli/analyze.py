@@ -4,67 +4,28 @@ For each layer and head it measures how sparse attention is (VL-Cache's threshol
 many keys hold most of the attention, split by key kind, and says whether the data support the
 paper's claim that GUI attention is high and nearly uniform across layers. Writes `sparsity.json`,
 PNG figures and optionally a self-contained HTML report. Definitions: docs/analysis.md.
-
-Also home of helpers `guikv compare` shares: screenshot prompts and the HTML report.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
-from PIL import Image, UnidentifiedImageError
-from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.table import Table
 
+from benchmarks.flags import quiet_transformers
 from guikv.errors import UserInputError
-from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL, quiet_transformers
+from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL
+from guikv_cli.report import compact_table, write_html
+from guikv_cli.screenshots import check_screenshots, resolve_family, screenshot_messages
 
 DEFAULT_OUTPUT = Path("guikv-analysis")
 DEFAULT_LIMIT = 8
-
-HTML_CODE_FORMAT = (
-    '<pre style="font-family:Menlo,Consolas,monospace;font-size:12px;line-height:1.3;'
-    'color:{foreground};background-color:{background};padding:12px;overflow-x:auto"><code>{code}</code></pre>'
-)
-
-
-def check_screenshots(paths: Sequence[Path]) -> list[Path]:
-    """Every path must be a readable image file; a bad one is a one-line error naming it."""
-    for path in paths:
-        if not path.is_file():
-            raise UserInputError(f"SCREENSHOT {path}: no such file")
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError) as error:
-            raise UserInputError(f"SCREENSHOT {path}: not a readable image ({error})") from None
-    return list(paths)
-
-
-def screenshot_messages(family: Any, task: str, screenshots: Sequence[Path]) -> list[dict[str, Any]]:
-    """The family's computer-use prompt (AgentNetBench layout) with every screenshot shown, the
-    last one current; earlier steps get empty history turns."""
-    earlier = len(screenshots) - 1
-    return family.computer_use_messages(
-        task, list(screenshots), [""] * earlier, max_history_screenshots=earlier, history_window=earlier
-    )
-
-
-def resolve_family(model: Any, family: str | None) -> Any:
-    """The agent family named by `--family`, else the one detected from the model's config."""
-    from guikv.agents import detect_family, get_family
-
-    return get_family(family or detect_family(model.config))
 
 
 def load_benchmark_samples(
@@ -90,49 +51,6 @@ def load_benchmark_samples(
             f"({len(loaded.skipped)} skipped for missing screenshots under {images_dir})"
         )
     return samples
-
-
-def html_report(title: str, renderables: Sequence[RenderableType], figures: Sequence[Path]) -> str:
-    """One self-contained HTML page: the rich renderables as styled text, then the PNG figures
-    embedded as base64 data URIs."""
-    console = Console(record=True, file=io.StringIO(), width=180, color_system="truecolor")
-    for renderable in renderables:
-        console.print(renderable)
-    tables = console.export_html(inline_styles=True, code_format=HTML_CODE_FORMAT)
-    images = "\n".join(
-        f'<figure><img alt="{html.escape(path.name)}" style="max-width:100%" '
-        f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}">'
-        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
-        for path in figures
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head>\n"
-        f'<body style="font-family:sans-serif;margin:24px"><h1>{html.escape(title)}</h1>\n'
-        f"{tables}\n{images}\n</body></html>\n"
-    )
-
-
-def write_html(
-    path: Path, title: str, renderables: Sequence[RenderableType], figures: Sequence[Path]
-) -> None:
-    """Write `html_report` to `path` (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_report(title, renderables, figures), encoding="utf-8")
-
-
-def compact_table(title: str, headers: Sequence[str], left: int = 1) -> Table:
-    """A table that fits 80 columns where possible: header words stacked on lines, no cell
-    wrapping, single-space gaps; the first `left` columns left-aligned, the rest right-aligned."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index < left else "right", no_wrap=True)
-    return table
-
-
-def percent(value: float | None) -> str:
-    """A share as a percentage with one decimal; missing as an em dash."""
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
 def _pct(value: float | None) -> str:

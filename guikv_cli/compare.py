@@ -2,7 +2,9 @@
 
 - `guikv compare RUN_DIR...` reads finished `guikv eval` runs (a folder may also hold run folders
   at any depth) and prints one table per benchmark: accuracy metrics and savings per method and
-  budget, with accuracy-vs-budget and accuracy-vs-KV-memory figures.
+  budget (a run with failed samples also with its metrics counting them wrong), with
+  accuracy-vs-budget and accuracy-vs-KV-memory figures. Re-scored runs (`guikv eval --rescore`)
+  show their new numbers: only `summary.json` is read.
 - `guikv compare SCREENSHOT... --task TEXT --methods ... --budgets ...` runs one input under every
   (method, budget) pair and measures each output's fidelity to the full cache (run once): token
   agreement, exact match, KL of the first decoding step, same parsed action, and the costs.
@@ -23,17 +25,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.flags import compression_config, quiet_transformers
 from guikv.config import METHODS
 from guikv.errors import UserInputError
-from guikv_cli.analyze import (
-    check_screenshots,
-    compact_table,
-    percent,
-    resolve_family,
-    screenshot_messages,
-    write_html,
-)
-from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, TEMPERATURE, WINDOW, quiet_transformers
+from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, TEMPERATURE, WINDOW
+from guikv_cli.report import compact_table, percent, write_html
+from guikv_cli.screenshots import check_screenshots, resolve_family, screenshot_messages
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "benchmark",
@@ -84,13 +81,22 @@ class EvalRun:
 
     def metric(self, name: str) -> float | None:
         """A summary metric as a float (None when absent or not a number)."""
-        value = self.summary["metrics"].get(name)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return _float(self.summary["metrics"].get(name))
+
+    @property
+    def failures_as_wrong(self) -> dict[str, Any] | None:
+        """The metrics counting failed samples as wrong, when the run had failed samples."""
+        value = self.summary.get("metrics_failures_as_wrong")
+        return value if self.summary["samples_failed"] and isinstance(value, dict) else None
 
     def saving(self, name: str) -> float | None:
         """A `savings` entry as a float (None when absent)."""
-        value = self.summary["savings"].get(name)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return _float(self.summary["savings"].get(name))
+
+
+def _float(value: Any) -> float | None:
+    """A JSON number as a float; anything else (null, a boolean, text) as None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def read_run(directory: Path) -> EvalRun:
@@ -173,7 +179,8 @@ def _stacked(name: str) -> str:
 
 def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
     """One benchmark's runs: method, budget, metric columns, savings and kept KV memory; sample
-    counts in the caption when every run has the same, else in a column."""
+    counts in the caption when every run has the same, else in a column. A run with failed samples
+    gets a second row, its metrics counting the failed samples as wrong."""
     title = str(runs[0].summary["title"] or benchmark)
     several_models = len({run.summary["model"] for run in runs}) > 1
     keys = [(run.summary["model"], run.summary["method"], run.summary["budget"]) for run in runs]
@@ -207,6 +214,16 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
             _mib(run.saving("kv_bytes_kept_mean")),
             *([] if same_counts else [count]),
         )
+        wrong = run.failures_as_wrong
+        if wrong is not None:
+            table.add_row(
+                *[""] * (len(lead) - 2 - show_run),
+                "failed as wrong",
+                "",
+                *([""] if show_run else []),
+                *(_number(_float(wrong.get(column))) for column in columns),
+                style="yellow",
+            )
     return table
 
 
@@ -293,6 +310,13 @@ def runs_json(groups: dict[str, list[EvalRun]], figures: Sequence[Path]) -> dict
                             key: run.summary[key]
                             for key in ("samples_scored", "samples_skipped", "samples_failed")
                         },
+                        "metrics_failures_as_wrong": (
+                            None
+                            if run.failures_as_wrong is None
+                            else {
+                                column: run.failures_as_wrong.get(column) for column in metric_columns(runs)
+                            }
+                        ),
                     }
                     for run in runs
                 ],
@@ -542,7 +566,6 @@ def compare_step(
     quiet_transformers()
     from guikv.analysis import compare_methods
     from guikv.models import load
-    from guikv_cli.options import compression_config
 
     base = compression_config(
         window_size=options["window_size"], alpha=options["alpha"], temperature=options["temperature"]

@@ -2,9 +2,11 @@
 
 Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
 win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
-re-run resumes. Under `accelerate launch` (or torchrun) the samples are sharded over the processes
-and the main process merges the traces. A rich progress bar runs on stderr; one results table per
-benchmark is printed at the end. See docs/eval.md.
+re-run resumes, retrying the samples that failed. Under `accelerate launch` (or torchrun) the
+samples are sharded over the processes and the main process merges the traces. A rich progress bar
+runs on stderr; one results table per benchmark is printed at the end, and a warning for every run
+with failed samples. `guikv eval --rescore RUN_DIR...` re-scores finished runs with today's
+parsers and metrics instead (`benchmarks.rescore`), loading no model. See docs/eval.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from rich.text import Text
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
+from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks.rescore import rescore
 from benchmarks.rundir import format_budget, run_directory
 from benchmarks.runner import ORACLE, ModelResponder, OracleResponder, Responder, RunEvents, Shard, run
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
@@ -34,7 +38,10 @@ from guikv_cli import options
 
 INSTRUCTION_LEVELS = ("high", "low")
 DEFAULT_OUTPUT = Path("runs")
-BENCHMARK_HELP = f"One or more of: {', '.join(BENCHMARKS)} (or `benchmark:` in --config)."
+BENCHMARK_HELP = (
+    f"One or more of: {', '.join(BENCHMARKS)} (or `benchmark:` in --config); with --rescore, "
+    "run directories (or folders holding them)."
+)
 MISSING_SHOWN = 3
 """How many missing screenshot paths a skip notice names before it only counts the rest."""
 
@@ -62,6 +69,7 @@ _KEY_TYPES: dict[str, str] = {
     "max_new_tokens": "int",
     "output": "text",
     "resume": "bool",
+    "retry_failed": "bool",
     "device": "text",
     "dtype": "text",
     "attn": "text",
@@ -103,6 +111,7 @@ class EvalRequest:
     max_new_tokens: int | None
     output: Path
     resume: bool
+    retry_failed: bool
     device: str
     dtype: str
     attn: str
@@ -135,7 +144,18 @@ def eval_command(
     ),
     output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Root of the run directories."),
     config: Path | None = typer.Option(None, "--config", help="YAML with the same keys as the flags."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip samples already finished."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Skip samples already scored (--no-resume: start afresh)."
+    ),
+    retry_failed: bool = typer.Option(
+        True, "--retry-failed/--keep-failed", help="On resume, run the samples that failed again."
+    ),
+    rescore_runs: bool = typer.Option(
+        False,
+        "--rescore",
+        help="Re-score the finished run directories given as arguments with today's parsers and "
+        "metrics (no model is loaded).",
+    ),
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
     attn: str = options.ATTN,
@@ -143,9 +163,13 @@ def eval_command(
     temperature: float = options.TEMPERATURE,
     window_size: int = options.WINDOW,
 ) -> None:
-    """Evaluate a model on GUI-agent benchmarks with a compressed KV cache; resumable, shardable."""
+    """Evaluate a model on GUI-agent benchmarks with a compressed KV cache (resumable, shardable), or
+    re-score finished runs with --rescore."""
     values = dict(ctx.params)
     explicit = {name for name in values if _given(ctx, name)}
+    if rescore_runs:
+        execute_rescore(benchmark or [], explicit - {"benchmark", "rescore_runs"})
+        return
     if config is not None:
         for key, value in read_config(config).items():
             if key not in explicit:
@@ -236,7 +260,7 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
         get_family(family)
     compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
     budgets = values.get("budget") or [10.0]
-    configs = tuple(options.compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
+    configs = tuple(compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -251,6 +275,7 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
         max_new_tokens=values.get("max_new_tokens"),
         output=Path(values["output"]),
         resume=values["resume"],
+        retry_failed=values["retry_failed"],
         device=values["device"],
         dtype=values["dtype"],
         attn=values["attn"],
@@ -348,7 +373,7 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     from guikv.models import load
     from guikv.models.loading import DTYPES, resolve_attention, resolve_device, resolve_dtype
 
-    options.quiet_transformers()
+    quiet_transformers()
     torch_device = resolve_device(device)
     dtype = next(
         name for name, value in DTYPES.items() if value == resolve_dtype(request.dtype, torch_device)
@@ -454,6 +479,7 @@ def execute(request: EvalRequest) -> None:
     loaded = [(spec, *load_benchmark(spec, request, display.main_note)) for spec in request.benchmarks]
     agent = make_agent(request, device)
     tables: list[Table] = []
+    warnings: list[dict[str, Any]] = []
     try:
         for spec, samples, data, images in loaded:
             summaries: list[dict[str, Any]] = []
@@ -470,21 +496,71 @@ def execute(request: EvalRequest) -> None:
                     agent.family,
                     screenshots=request.screenshots,
                     resume=request.resume,
+                    retry_failed=request.retry_failed,
                     shard=shard,
                     events=display.events(),
                 )
                 if summary is not None:
                     summaries.append({**summary, "run_dir": str(run_dir)})
+                    if summary["samples_failed"]:
+                        warnings.append(summaries[-1])
             if summaries:
                 tables.append(results_table(spec, summaries))
     finally:
         display.stop()
     if shard.is_main:
-        console = Console()
-        if not console.is_terminal:
-            console.width = max(console.width, 160)
-        for table in tables:
-            console.print(table)
+        print_tables(tables)
+        for summary in warnings:
+            display.console.print(failure_line(summary), style="yellow", markup=False)
+
+
+def print_tables(tables: Sequence[Table]) -> None:
+    """The results tables on stdout (at least 160 columns wide when it is not a terminal)."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    for table in tables:
+        console.print(table)
+
+
+def failure_line(summary: dict[str, Any]) -> str:
+    """One line about a run with failed samples: which failed, what its numbers are over, and what
+    they become when the failed samples count as wrong."""
+    failed = summary["failed"]
+    shown = ", ".join(f"{item['sample_id']} ({item['error']})" for item in failed[:MISSING_SHOWN])
+    more = f" (+{len(failed) - MISSING_SHOWN} more)" if len(failed) > MISSING_SHOWN else ""
+    wrong = summary["metrics_failures_as_wrong"] or {}
+    counted = ", ".join(f"{column} {_percent(wrong.get(column))}" for column in summary["metric_columns"])
+    return (
+        f"{summary['run_dir']}: {summary['samples_failed']} samples FAILED: {shown}{more}; the metrics "
+        f"are over the {summary['samples_scored']} scored samples; counting the failed ones wrong: "
+        f"{counted}; re-run the same command to retry them"
+    )
+
+
+def execute_rescore(targets: Sequence[str], given: set[str]) -> None:
+    """`--rescore`: re-score the run directories under `targets` (nothing else may be given), say
+    what changed, and print the new tables (one per benchmark and model) and any failure warnings."""
+    if given:
+        flags = ", ".join(sorted("--" + name.replace("_", "-") for name in given))
+        raise UserInputError(f"--rescore takes run directories only; {flags} belongs to running an eval")
+    if not targets:
+        raise UserInputError("--rescore: missing RUN_DIR; expected one or more eval run directories")
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for result, kept in rescore([Path(target) for target in targets]):
+        stderr.print(
+            f"re-scored {result.run_dir}: {len(result.records)} samples, {len(result.changed)} scored "
+            f"differently; the previous summary is kept as {kept.name}",
+            markup=False,
+        )
+        key = (result.spec.name, str(result.summary["model"]))
+        groups.setdefault(key, []).append({**result.summary, "run_dir": str(result.run_dir)})
+    print_tables([results_table(BENCHMARKS[name], summaries) for (name, _), summaries in groups.items()])
+    for summaries in groups.values():
+        for summary in summaries:
+            if summary["samples_failed"]:
+                stderr.print(failure_line(summary), style="yellow", markup=False)
 
 
 def _percent(value: Any) -> str:
@@ -501,7 +577,8 @@ def _saved(value: Any) -> str:
 
 def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> Table:
     """One benchmark's results: a row per method and budget, its own metric columns (in %), decode
-    FLOPs and KV memory saved (%), and how many samples were scored, skipped (and failed)."""
+    FLOPs and KV memory saved (%), and how many samples were scored, skipped (and failed); a run with
+    failed samples gets a second row with its metrics counting them as wrong."""
     first = summaries[0]
     failed = any(s["samples_failed"] for s in summaries)
     table = Table(
@@ -532,4 +609,12 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
             str(summary["samples_skipped"]),
             *((str(summary["samples_failed"]),) if failed else ()),
         )
+        if summary["samples_failed"]:
+            wrong = summary["metrics_failures_as_wrong"]
+            table.add_row(
+                Text("  failed as wrong", style="yellow"),
+                "",
+                *(_percent(wrong.get(column)) for column in spec.metric_columns),
+                style="yellow",
+            )
     return table

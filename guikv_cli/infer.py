@@ -28,6 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from benchmarks.flags import compression_config, quiet_transformers
 from guikv.agents import (
     FAMILY_NAMES,
     Action,
@@ -50,8 +51,6 @@ from guikv_cli.options import (
     MODEL,
     TEMPERATURE,
     WINDOW,
-    compression_config,
-    quiet_transformers,
 )
 
 HISTORY_ORDERS = ("name", "mtime")

@@ -1,5 +1,6 @@
 """Shared pieces of the `guikv eval` tests: benchmark datasets built under a temporary directory,
-and running the CLI in-process exactly as the `guikv` console script does.
+running the CLI in-process exactly as the `guikv` console script does, and a scripted responder
+(answers, or raises like an out-of-memory GPU, on the calls it is told) for the runner's rules.
 
 The shared fixtures ship real records but screenshots only for AgentNetBench (their READMEs say why),
 so the other benchmarks get placeholder PNGs at the paths their loaders read, and AndroidControl
@@ -23,6 +24,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from benchmarks import get_benchmark
+from benchmarks.runner import Reply, RunEvents, run, zero_costs
+from guikv.agents import Action, Message, get_family
 from guikv_cli.app import main
 
 MakePng = Callable[[Path, tuple[int, int]], Path]
@@ -274,3 +278,71 @@ def oracle_eval_args(
         str(output),
         *extra,
     ]
+
+
+class Scripted:
+    """A responder answering `Thought: <tag> <n>` (n counts calls) and `wait()`, or with `truth` the
+    ground truth in UI-TARS's format (as the oracle); it raises like an out-of-memory GPU on the
+    calls listed in `fail_on` (1-based)."""
+
+    def __init__(self, tag: str, fail_on: frozenset[int] = frozenset(), *, truth: bool = False) -> None:
+        self.tag = tag
+        self.fail_on = fail_on
+        self.truth = truth
+        self.prompts: list[list[Message]] = []
+
+    def reply(
+        self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
+    ) -> Reply:
+        """Remember the prompt; answer, or fail on the listed calls."""
+        self.prompts.append(messages)
+        if len(self.prompts) in self.fail_on:
+            raise RuntimeError("CUDA out of memory")
+        if self.truth:
+            return Reply(get_family("ui-tars").format_action(expected(), image_size), zero_costs())
+        return Reply(f"Thought: {self.tag} {len(self.prompts)}\nAction: wait()", zero_costs())
+
+
+def play_agentnet(
+    data: tuple[Path, Path],
+    run_dir: Path,
+    responder: Scripted,
+    notes: list[str] | None = None,
+    *,
+    screenshots: int = 2,
+    retry_failed: bool = True,
+) -> dict[str, Any]:
+    """Run an AgentNetBench dataset through `runner.run` with a scripted responder (UI-TARS family)."""
+    spec = get_benchmark("agentnetbench")
+    loaded = spec.load(*data)
+    settings = {"model": "scripted", "family": "ui-tars", "method": "gui_kv", "budget": 10.0}
+    events = RunEvents(note=(notes if notes is not None else []).append)
+    summary = run(
+        spec,
+        loaded,
+        settings,
+        run_dir,
+        responder,
+        get_family("ui-tars"),
+        screenshots=screenshots,
+        retry_failed=retry_failed,
+        events=events,
+    )
+    assert summary is not None
+    return summary
+
+
+def assistant_texts(messages: list[Message]) -> list[str]:
+    """The history turns of a prompt."""
+    return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+def image_paths(messages: list[Message]) -> list[str]:
+    """The screenshots a prompt shows, in order."""
+    contents = [m["content"] for m in messages if isinstance(m["content"], list)]
+    return [c["image"] for content in contents for c in content if c["type"] == "image"]
+
+
+def image_count(messages: list[Message]) -> int:
+    """How many screenshots a prompt shows."""
+    return len(image_paths(messages))

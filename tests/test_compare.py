@@ -146,6 +146,28 @@ def test_table_shows_differing_sample_counts_and_several_models(tmp_path: Path):
     assert "7 scored, 2 skipped, 1 failed" in text
 
 
+def test_a_run_with_failed_samples_also_shows_them_counted_wrong(monkeypatch, capsys, tmp_path: Path) -> None:
+    wrong = {column: 0.25 for column in AGENTNET_COLUMNS}
+    write_run(tmp_path / "runs", "snapkv", 5, 0.4, samples_failed=2, metrics_failures_as_wrong=wrong)
+    write_run(tmp_path / "runs", "gui_kv", 5, 0.5)
+    runs = group_runs(find_runs([tmp_path / "runs"]))["agentnetbench"]
+    lines = [line.split() for line in render(runs_table("agentnetbench", runs)).splitlines()]
+    row = next(i for i, line in enumerate(lines) if line[:1] == ["snapkv"])
+    assert " ".join(lines[row]).endswith(
+        "0.400 0.300 0.200 0.100 95.0% 38.0% 0.05 7 scored, 0 skipped, 2 failed"
+    )
+    assert lines[row + 1] == ["failed", "as", "wrong", "0.250", "0.250", "0.250", "0.250"]
+    assert lines[row + 2][:2] == ["gui_kv", "5%"]
+    code, _, stderr = run_main(
+        monkeypatch, capsys, "compare", tmp_path / "runs", "--output", tmp_path / "out"
+    )
+    assert code == 0, stderr
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    by_method = {run["method"]: run for run in document["groups"][0]["runs"]}
+    assert by_method["snapkv"]["metrics_failures_as_wrong"] == wrong
+    assert by_method["gui_kv"]["metrics_failures_as_wrong"] is None
+
+
 def test_cli_writes_grouped_tables_json_figures_and_html(monkeypatch, capsys, runs: Path, tmp_path: Path):
     out = tmp_path / "out"
     code, stdout, stderr = run_main(

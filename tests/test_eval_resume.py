@@ -10,12 +10,22 @@ from typing import Any
 
 import pytest
 import yaml
-from eval_helpers import build_all, oracle_eval_args, records, run_cli, summaries, write_png
+from eval_helpers import (
+    Scripted,
+    assistant_texts,
+    build_all,
+    image_count,
+    oracle_eval_args,
+    play_agentnet,
+    records,
+    run_cli,
+    summaries,
+    write_png,
+)
 
-from benchmarks import get_benchmark
 from benchmarks.rundir import SUMMARY_FILE, read_trace, run_lock
-from benchmarks.runner import OracleResponder, Reply, RunEvents, run, zero_costs
-from guikv.agents import Action, Message, get_family
+from benchmarks.runner import OracleResponder
+from guikv.agents import Action, get_family
 
 Datasets = dict[str, tuple[Path, Path]]
 
@@ -65,7 +75,9 @@ def test_a_finished_run_is_not_run_again_and_no_resume_starts_afresh(
     assert (run_dir / "samples.jsonl").read_bytes() == trace
     fresh = run_cli([*args, "--no-resume"], monkeypatch, capsys)
     assert fresh.code == 0
-    assert "--no-resume: starting" in fresh.err and "(9 earlier records removed)" in fresh.err
+    assert "--no-resume: starting" in fresh.err
+    assert "its 9 earlier records moved to samples.previous.jsonl" in fresh.err
+    assert (run_dir / "samples.previous.jsonl").read_bytes() == trace
     assert (run_dir / "samples.jsonl").read_bytes() == trace
 
 
@@ -143,52 +155,11 @@ def test_a_second_invocation_on_a_busy_run_directory_stops(
     assert (run_dir / "samples.jsonl").read_bytes() == trace
 
 
-class Scripted:
-    """A responder answering `Thought: answer <n>` (n counts calls), failing on the calls listed."""
-
-    def __init__(self, tag: str, fail_on: frozenset[int] = frozenset()) -> None:
-        self.tag = tag
-        self.fail_on = fail_on
-        self.prompts: list[list[Message]] = []
-
-    def reply(self, messages: list[Message], expected: Any, image_size: tuple[int, int]) -> Reply:
-        """Remember the prompt; answer, or fail on the listed calls."""
-        self.prompts.append(messages)
-        if len(self.prompts) in self.fail_on:
-            raise RuntimeError("CUDA out of memory")
-        return Reply(f"Thought: {self.tag} {len(self.prompts)}\nAction: wait()", zero_costs())
-
-
-def play_agentnet(datasets: Datasets, run_dir: Path, responder: Scripted, notes: list[str]) -> dict[str, Any]:
-    """Run the AgentNetBench trajectory through `runner.run` with a scripted responder, 2 screenshots."""
-    spec = get_benchmark("agentnetbench")
-    loaded = spec.load(*datasets["agentnetbench"])
-    settings = {"model": "scripted", "family": "ui-tars", "method": "gui_kv", "budget": 10.0}
-    events = RunEvents(note=notes.append)
-    summary = run(
-        spec, loaded, settings, run_dir, responder, get_family("ui-tars"), screenshots=2, events=events
-    )
-    assert summary is not None
-    return summary
-
-
-def assistant_texts(messages: list[Message]) -> list[str]:
-    """The history turns of a prompt."""
-    return [m["content"] for m in messages if m["role"] == "assistant"]
-
-
-def image_count(messages: list[Message]) -> int:
-    """How many screenshots a prompt shows."""
-    return sum(
-        1 for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == "image"
-    )
-
-
 def test_agentnet_history_is_the_models_own_output_also_after_a_resume(
     datasets: Datasets, tmp_path: Path
 ) -> None:
     first = Scripted("first")
-    play_agentnet(datasets, tmp_path, first, [])
+    play_agentnet(datasets["agentnetbench"], tmp_path, first, [])
     assert [image_count(p) for p in first.prompts] == [1, 2, 2, 2, 2, 2, 2]  # --screenshots 2
     assert assistant_texts(first.prompts[3]) == [
         f"# Step {k}:\nStep {k}:\nThought: first {k}\nAction: wait()" for k in (1, 2, 3)
@@ -196,7 +167,7 @@ def test_agentnet_history_is_the_models_own_output_also_after_a_resume(
     trace = tmp_path / "samples.jsonl"
     trace.write_text("".join(trace.read_text().splitlines(keepends=True)[:3]))
     second = Scripted("second")
-    play_agentnet(datasets, tmp_path, second, [])
+    play_agentnet(datasets["agentnetbench"], tmp_path, second, [])
     assert len(second.prompts) == 4
     history = assistant_texts(second.prompts[1])
     assert "Thought: first 3" in history[2] and "Thought: second 1" in history[3]
@@ -206,14 +177,14 @@ def test_a_failed_generation_is_recorded_unparsed_never_reusing_an_output(
     datasets: Datasets, tmp_path: Path
 ) -> None:
     notes: list[str] = []
-    summary = play_agentnet(datasets, tmp_path, Scripted("x", frozenset({2})), notes)
+    summary = play_agentnet(datasets["agentnetbench"], tmp_path, Scripted("x", frozenset({2})), notes)
     rows = records(tmp_path)
     assert [row["error"] is not None for row in rows] == [False, True, False, False, False, False, False]
     failed = rows[1]
     assert failed["error"] == "RuntimeError: CUDA out of memory"
     assert (failed["raw_output"], failed["action"]["type"], failed["score"]) == ("", "unparsed", 0.0)
     assert rows[2]["raw_output"].startswith("Thought: x 3")
-    assert summary["samples_failed"] == 1 and summary["samples_scored"] == 7
+    assert summary["samples_failed"] == 1 and summary["samples_scored"] == 6
     assert any("generation failed" in note and failed["sample_id"] in note for note in notes)
 
 
