@@ -169,12 +169,18 @@ class RunEvents:
 
 @dataclass
 class _Turn:
-    """One model call of a sample: its text, the parsed action, costs and the error if it failed."""
+    """One model call of a sample: its text, every action parsed from it (in order), costs and the
+    error if it failed."""
 
     text: str
-    action: Action
+    actions: list[Action]
     costs: dict[str, float]
     error: str | None = None
+
+    @property
+    def action(self) -> Action:
+        """The first parsed action: the one the scroll loop follows and the trace shows."""
+        return self.actions[0]
 
 
 @dataclass
@@ -197,7 +203,7 @@ class _Player:
             history = [self._history_entry(sample.task_id, past) for past in sample.history]
         messages, image = sample_prompt(self.family, sample, history=history, screenshots=self.screenshots)
         turn = self._call(sample, messages, lambda: self.spec.ground_truth_action(sample), image_size(image))
-        return self._record(sample, [turn], self.spec.score(sample, turn.action))
+        return self._record(sample, [turn], self.spec.score(sample, turn.actions))
 
     def _history_entry(self, task_id: str, past: agentnetbench.PastStep) -> HistoryEntry:
         """An earlier step's history: the model's own raw output from its record, else (the step was
@@ -227,7 +233,7 @@ class _Player:
                 break
             notes.append(move.note or "")
             block = move.block
-        return self._record(sample, turns, mind2web.score(sample, turns[-1].action, block=block))
+        return self._record(sample, turns, mind2web.score(sample, turns[-1].actions, block=block))
 
     def _call(
         self, sample: Any, messages: list[Message], expected: Callable[[], Action], size: tuple[int, int]
@@ -239,9 +245,9 @@ class _Player:
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             self.events.note(f"{sample.sample_id}: generation failed ({message}); scored as unparsed")
-            return _Turn("", Action.unparsed(""), zero_costs(), message)
+            return _Turn("", [Action.unparsed("")], zero_costs(), message)
         actions = self.family.parse(reply.text, size)
-        return _Turn(reply.text, actions[0] if actions else Action.unparsed(reply.text), reply.costs)
+        return _Turn(reply.text, actions or [Action.unparsed(reply.text)], reply.costs)
 
     def _record(self, sample: Any, turns: list[_Turn], scores: dict[str, Any]) -> Record:
         """The trace record of a finished sample."""
@@ -363,7 +369,7 @@ def build_summary(
         "budget": settings["budget"],
         "config": dict(settings),
         "metric_columns": list(spec.metric_columns),
-        "metrics": spec.summarize(list(records)),
+        "metrics": spec.summarize(list(records), [skipped.sample_id for skipped in loaded.skipped]),
         "savings": savings(records),
         "samples_scored": len(records),
         "samples_skipped": len(loaded.skipped),

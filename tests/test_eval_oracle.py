@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 import yaml
-from eval_helpers import BENCHMARK_NAMES, build_all, oracle_eval_args, records, run_cli, summaries, write_png
+from eval_helpers import (
+    BENCHMARK_NAMES,
+    IDIOM_STEPS,
+    agentnetbench_idioms,
+    build_all,
+    oracle_eval_args,
+    records,
+    run_cli,
+    summaries,
+    write_png,
+)
 
 from benchmarks import get_benchmark
 from benchmarks.runner import COST_FIELDS
@@ -108,7 +118,7 @@ def test_run_directory_contract(
     assert [(row["block"], len(row["scroll_outputs"])) for row in deep] == [(2, 2)]
 
 
-@pytest.mark.parametrize("name", ["agentnetbench", "androidcontrol", "screenspot-v2", "screenspot-pro"])
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
 def test_oracle_in_opencua_format(
     name: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -117,6 +127,24 @@ def test_oracle_in_opencua_format(
     [summary] = summaries(tmp_path).values()
     assert summary["family"] == "opencua"
     assert all(summary["metrics"][metric] == 1.0 for metric in PERFECT[name]), summary["metrics"]
+
+
+@pytest.mark.parametrize("family", ["ui-tars", "opencua"])
+def test_oracle_scores_every_agentnetbench_idiom(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Drags, a submitted write, Command shortcuts, Return and a failed terminate (issue 8 items 6, 7,
+    8, 11), answered in each family's own format (OpenCUA: moveTo + dragTo, write + press('enter'),
+    hotkey(['cmd', 'c'])), all score 100%."""
+    datasets = {"agentnetbench": agentnetbench_idioms(tmp_path / "data", write_png)}
+    args = oracle_eval_args("agentnetbench", datasets, tmp_path / "runs", "--family", family)
+    result = run_cli(args, monkeypatch, capsys)
+    assert result.code == 0, result.err
+    [summary] = summaries(tmp_path / "runs").values()
+    assert summary["samples_scored"] == len(IDIOM_STEPS)
+    metrics = summary["metrics"]
+    perfect = ("overall_score", "average_trajectory_score", "hit_rate", "coordinate_hit_rate")
+    assert all(metrics[name] == 1.0 for name in perfect), metrics
 
 
 def test_missing_screenshots_are_named_skipped_and_counted(
