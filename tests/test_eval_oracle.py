@@ -145,6 +145,9 @@ def test_oracle_scores_every_agentnetbench_idiom(
     metrics = summary["metrics"]
     perfect = ("overall_score", "average_trajectory_score", "hit_rate", "coordinate_hit_rate")
     assert all(metrics[name] == 1.0 for name in perfect), metrics
+    [run_dir] = [path.parent for path in (tmp_path / "runs").rglob("summary.json")]
+    answered = [row["pred_type"] for row in records(run_dir)]
+    assert answered == ["dragto", "dragto", "write", "hotkey", "hotkey", "press", "terminate"]
 
 
 def test_missing_screenshots_are_named_skipped_and_counted(
