@@ -444,7 +444,8 @@ def score(sample: AgentNetStep, prediction: Prediction) -> dict[str, Any]:
     in a known direction), plus the identifying `task_id`, `step_num`, `milestone`, `gt_type`,
     `pred_type` and `parsed`.
     """
-    pred = to_agentnet(prediction)
+    first = fold_actions(prediction)[0]
+    pred = to_agentnet(first)
     main = None if pred is None else _best_match(pred, sample.ground_truth)
     value = main or 0.0
     used_alternative = False
@@ -465,7 +466,7 @@ def score(sample: AgentNetStep, prediction: Prediction) -> dict[str, Any]:
         "gt_type": sample.ground_truth[0].type,
         "coordinate_step": scroll_gt is None and sample.ground_truth[0].type in COORD_TYPES,
         "pred_type": pred.type if pred else None,
-        "parsed": fold_actions(prediction)[0].parsed,
+        "parsed": first.parsed,
         "type_match": main is not None,
         "score": value,
         "hit": value >= 1.0,

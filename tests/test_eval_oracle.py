@@ -3,6 +3,8 @@ the run directory holds the documented files and record fields."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from eval_helpers import (
     IDIOM_STEPS,
     agentnetbench_idioms,
     build_all,
+    mind2web,
     oracle_eval_args,
     records,
     run_cli,
@@ -148,6 +151,26 @@ def test_oracle_scores_every_agentnetbench_idiom(
     [run_dir] = [path.parent for path in (tmp_path / "runs").rglob("summary.json")]
     answered = [row["pred_type"] for row in records(run_dir)]
     assert answered == ["dragto", "dragto", "write", "hotkey", "hotkey", "press", "terminate"]
+
+
+def test_a_wholly_skipped_mind2web_task_counts_as_zero(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Issue 8 item 10, through the runner: the skipped samples reach the Mind2Web summary, so a task
+    whose every screenshot is missing counts 0 instead of vanishing from the macro average."""
+    datasets = {"mind2web": mind2web(fixtures_dir, tmp_path / "data", write_png)}
+    data, images = datasets["mind2web"]
+    for line in (data / "cross_task_blocks.jsonl").read_text().splitlines():
+        shutil.rmtree(images / "cross_task" / json.loads(line)["blocks_path"])
+    result = run_cli(oracle_eval_args("mind2web", datasets, tmp_path / "runs"), monkeypatch, capsys)
+    assert result.code == 0, result.err
+    [summary] = summaries(tmp_path / "runs").values()
+    metrics = summary["metrics"]
+    assert (summary["samples_scored"], summary["samples_skipped"]) == (6, 3)
+    assert metrics["step_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["splits"]["cross_task"]["step_accuracy"] == 0.0
+    assert (metrics["total_tasks"], metrics["wholly_skipped_tasks"]) == (3, 1)
+    assert metrics["without_wholly_skipped_tasks"]["step_accuracy"] == 1.0
 
 
 def test_missing_screenshots_are_named_skipped_and_counted(
