@@ -374,9 +374,10 @@ def _read_calls(action_text: str) -> list[tuple[str, dict[str, str] | None]]:
 
     A call starts a line (`name(`) and runs to the next such line. Quoted strings are strings: a
     raw newline inside `type(content='...')` may be followed by a line that merely starts like a
-    call (`print(x)`), which cuts the call in two unreadable pieces. So a call that cannot be read
-    is joined with the lines after it, one call start at a time, when the joined text reads as one
-    call whose quoted argument holds the newline.
+    call (`print(x)`), which cuts the call in two unreadable pieces. So when a call cannot be read
+    and leaves a quote open, the lines after it up to the one that closes the quote are joined to
+    it, if the joined text reads as one call whose quoted argument holds the newline. Each line is
+    scanned once, so a degenerate output stays linear.
     """
     text = action_text.strip().strip("`").strip()
     starts = list(_CALL_START.finditer(text))
@@ -388,15 +389,34 @@ def _read_calls(action_text: str) -> list[tuple[str, dict[str, str] | None]]:
     while index < len(starts):
         name, begin = starts[index].group(1), starts[index].end()
         args, following = _read_args(name, _arguments(text[begin : ends[index]])), index + 1
-        if args is None:
-            for last in range(index + 1, len(starts)):
-                joined = _read_args(name, _arguments(text[begin : ends[last]]))
-                if joined is not None and any("\n" in value for value in joined.values()):
-                    args, following = joined, last + 1
-                    break
+        quote = _open_quote(text[begin : ends[index]]) if args is None else None
+        last = index
+        while quote is not None and last + 1 < len(starts):
+            last += 1
+            quote = _open_quote(text[ends[last - 1] : ends[last]], quote)
+        if quote is None and last > index:
+            joined = _read_args(name, _arguments(text[begin : ends[last]]))
+            if joined is not None and any("\n" in value for value in joined.values()):
+                args, following = joined, last + 1
         calls.append((name, args))
         index = following
     return calls
+
+
+def _open_quote(text: str, quote: str | None = None) -> str | None:
+    """The quote character still open at the end of `text` (None: every string is closed), reading
+    from a state where `quote` is open; a backslash inside a string escapes the next character."""
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quote is not None and char == "\\":
+            escaped = True
+        elif quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
+    return quote
 
 
 def _arguments(segment: str) -> str:
