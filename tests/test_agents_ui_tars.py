@@ -329,6 +329,12 @@ def test_a_quoted_line_that_starts_like_a_call_stays_in_the_string(content: str,
     assert click.type is ActionType.CLICK and click.point == pytest.approx((0.5, 0.5))
 
 
+def test_many_call_like_lines_inside_one_string() -> None:
+    code = "".join(f"print({n})\n" for n in range(400))
+    [typed] = ui_tars.parse(f"Thought: Paste the code.\nAction: type(content='{code}')", SIZE)
+    assert typed.type is ActionType.TYPE and typed.text == code
+
+
 def test_an_unreadable_call_does_not_swallow_the_next_one() -> None:
     text = "Action: click(point=<point>1 2</point>)\ntype(content='x')"
     first, second = ui_tars.parse(text, SIZE)
