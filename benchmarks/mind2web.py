@@ -46,6 +46,10 @@ BLOCK_PADDING = 200
 BLOCK_STRIDE = BLOCK_HEIGHT - BLOCK_PADDING
 """UGround's make_blocks cuts block k from page row k * (1000 - 200): consecutive blocks overlap by 200 px."""
 
+METRICS = ("element_accuracy", "operation_f1", "step_accuracy")
+"""The three macro numbers reported per split and overall."""
+
+
 MAX_MODEL_CALLS = 5
 """Model calls per sample, scrolls included (the original's max_steps)."""
 
@@ -378,16 +382,12 @@ def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict
         "wholly_skipped_tasks": len(absent),
         "without_wholly_skipped_tasks": {
             name: macro_mean({task: series[task] for task in scored})
-            for name, series in (("element_accuracy", element), ("operation_f1", f1), ("step_accuracy", step))
+            for name, series in zip(METRICS, (element, f1, step), strict=True)
         },
         "scored_steps": len(records),
         "padded_steps": padded,
         "error_ratio": {k: errors[k] / len(totals) for k in ("0", "1", "2", "3", ">3") if k in errors},
     }
-
-
-METRICS = ("element_accuracy", "operation_f1", "step_accuracy")
-"""The three macro numbers reported per split and overall."""
 
 
 def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
