@@ -23,15 +23,18 @@ from benchmarks.common import (
     DataError,
     Fields,
     LoadResult,
+    Prediction,
     SkippedSample,
     canonical_keys,
     check_limit,
     check_split,
     finished_failed,
+    fold_actions,
     mean,
     point_in_xywh,
     read_json,
     require_dir,
+    submitted,
 )
 from guikv.agents.action import Action, ActionType
 
@@ -279,10 +282,11 @@ def _load_trajectory(path: Path, images_dir: Path) -> tuple[list[AgentNetStep], 
 
 @dataclass(frozen=True)
 class _Pred:
-    """A predicted action in AgentNetBench's vocabulary."""
+    """A predicted action in AgentNetBench's vocabulary (`point` is a drag's start, `end` its end)."""
 
     type: str
     point: tuple[float, float] | None = None
+    end: tuple[float, float] | None = None
     text: str = ""
     newline: bool = False
     keys: frozenset[str] = frozenset()
@@ -292,10 +296,12 @@ class _Pred:
 
 @dataclass(frozen=True)
 class _Target:
-    """A ground-truth action as compared: the action plus whether its text is submitted with Enter."""
+    """A ground-truth action as compared: the action, whether its text is submitted with Enter, and for
+    a drag (`action` a dragTo) the moveTo that starts it."""
 
     action: GroundTruthAction
     newline: bool = False
+    start: GroundTruthAction | None = None
 
 
 def _family(kind: str) -> str:
@@ -310,9 +316,12 @@ def _scroll_sign(amount: int | None, direction: str | None) -> int | None:
     return {"up": 1, "down": -1}.get((direction or "").lower())
 
 
-def to_agentnet(action: Action) -> _Pred | None:
-    """Map our Action onto AgentNetBench's action vocabulary; None where the benchmark has no such action
-    (wait, open_app, press_home, unparsed output...)."""
+def to_agentnet(prediction: Prediction) -> _Pred | None:
+    """Map a prediction onto AgentNetBench's action vocabulary: its first action after folding
+    [type, Enter] into a submitted type and [move_to, drag] into one drag (`fold_actions`, done on the
+    ground truth too); None where the benchmark has no such action (wait, open_app, press_home,
+    unparsed output...)."""
+    action = fold_actions(prediction)[0]
     t = action.type
     simple = {
         ActionType.CLICK: "click",
@@ -325,10 +334,10 @@ def to_agentnet(action: Action) -> _Pred | None:
     if t in simple:
         return _Pred(simple[t], point=action.point)
     if t is ActionType.DRAG:
-        return _Pred("dragto", point=action.end_point or action.point)
+        return _Pred("dragto", point=action.point, end=action.end_point)
     if t is ActionType.TYPE:
         raw = action.text or ""
-        return _Pred("write", text=raw.strip().lower(), newline=raw.rstrip(" \t").endswith("\n"))
+        return _Pred("write", text=raw.strip().lower(), newline=submitted(raw))
     if t in (ActionType.PRESS, ActionType.HOTKEY):
         return _Pred(t.value, keys=canonical_keys(action.keys))
     if t is ActionType.PRESS_BACK:
@@ -342,16 +351,18 @@ def to_agentnet(action: Action) -> _Pred | None:
 
 def _targets(actions: tuple[GroundTruthAction, ...]) -> list[_Target]:
     """The comparable views of a ground-truth action list: its first action, with [write, press enter]
-    read as one submitted write and [moveTo, scroll] offering the scroll as an equal alternative."""
+    read as one submitted write, [moveTo, dragTo] as one drag between the two points, and
+    [moveTo, scroll] offering the scroll as an equal alternative."""
     first = actions[0]
     second = actions[1] if len(actions) > 1 else None
     enter = second is not None and second.type in KEY_TYPES and canonical_keys(second.keys) == {"enter"}
     if first.type == "write" and enter:
         return [_Target(first, newline=True)]
+    if first.type == "moveto" and second and second.type == "dragto":
+        return [_Target(second, start=first)]
     if first.type == "moveto" and second and second.type == "scroll":
         return [_Target(first), _Target(second)]
-    newline = first.type == "write" and (first.text or "").rstrip(" \t").endswith("\n")
-    return [_Target(first, newline)]
+    return [_Target(first, first.type == "write" and submitted(first.text))]
 
 
 def _coord_score(point: tuple[float, float] | None, gt: GroundTruthAction) -> float:
@@ -364,6 +375,17 @@ def _coord_score(point: tuple[float, float] | None, gt: GroundTruthAction) -> fl
     if distance <= COORD_THRESHOLD:
         return 1.0
     return math.exp(-COORD_ALPHA * (distance - COORD_THRESHOLD))
+
+
+def _drag_score(pred: _Pred, target: _Target) -> float:
+    """A drag scored against both of its points: the mean of the start's credit (against the moveTo
+    that begins it) and the end's (against the dragTo), each by the click rule. A point the prediction
+    lacks earns 0, so a lone moveTo to the right start earns half. A dragTo recorded without a moveTo
+    before it is scored by its end alone."""
+    end = _coord_score(pred.end, target.action)
+    if target.start is None:
+        return end
+    return (_coord_score(pred.point, target.start) + end) / 2
 
 
 def _write_score(pred: _Pred, target: _Target) -> float:
@@ -381,6 +403,8 @@ def _write_score(pred: _Pred, target: _Target) -> float:
 def _compare(pred: _Pred, target: _Target) -> float:
     """Score a prediction against one ground-truth view of the same type class."""
     gt = target.action
+    if gt.type == "dragto":
+        return _drag_score(pred, target)
     if gt.type in COORD_TYPES:
         return _coord_score(pred.point, gt)
     if gt.type == "write":
@@ -394,17 +418,25 @@ def _compare(pred: _Pred, target: _Target) -> float:
     return 0.0
 
 
+def _matches(pred: _Pred, target: _Target) -> bool:
+    """Whether a prediction is compared with a ground-truth view: the same type class, or a moveTo
+    against a drag (the drag's first half)."""
+    same = _family(target.action.type) == _family(pred.type)
+    return same or (pred.type == "moveto" and target.start is not None)
+
+
 def _best_match(pred: _Pred, actions: tuple[GroundTruthAction, ...]) -> float | None:
-    """Score against the view of `actions` whose type class matches the prediction; None if none does."""
+    """Score against the view of `actions` the prediction matches (`_matches`); None if none does."""
     for target in _targets(actions):
-        if _family(target.action.type) == _family(pred.type):
+        if _matches(pred, target):
             return _compare(pred, target)
     return None
 
 
-def score(sample: AgentNetStep, action: Action) -> dict[str, Any]:
-    """Score one predicted action against the step's ground truth (and, if that gives 0, against each
-    alternative, keeping the best). Returns JSON-ready fields that `summarize` aggregates:
+def score(sample: AgentNetStep, prediction: Prediction) -> dict[str, Any]:
+    """Score a prediction (its first action, after `fold_actions`) against the step's ground truth
+    (and, if that gives 0, against each alternative, keeping the best). Returns JSON-ready fields that
+    `summarize` aggregates:
 
     `score` (0-1, with the published partial credit), `hit` (full credit, the binary step success),
     `coordinate_step` (the ground truth is a click-like action, not a [moveTo, scroll] pair),
@@ -412,7 +444,8 @@ def score(sample: AgentNetStep, action: Action) -> dict[str, Any]:
     in a known direction), plus the identifying `task_id`, `step_num`, `milestone`, `gt_type`,
     `pred_type` and `parsed`.
     """
-    pred = to_agentnet(action)
+    first = fold_actions(prediction)[0]
+    pred = to_agentnet(first)
     main = None if pred is None else _best_match(pred, sample.ground_truth)
     value = main or 0.0
     used_alternative = False
@@ -433,7 +466,7 @@ def score(sample: AgentNetStep, action: Action) -> dict[str, Any]:
         "gt_type": sample.ground_truth[0].type,
         "coordinate_step": scroll_gt is None and sample.ground_truth[0].type in COORD_TYPES,
         "pred_type": pred.type if pred else None,
-        "parsed": action.parsed,
+        "parsed": first.parsed,
         "type_match": main is not None,
         "score": value,
         "hit": value >= 1.0,
@@ -442,10 +475,11 @@ def score(sample: AgentNetStep, action: Action) -> dict[str, Any]:
     }
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Aggregate per-step score fields: `overall_score` (mean step score, the benchmark's step accuracy),
     `average_trajectory_score`, `milestone_score`, per-GT-type means, alternative matches, and our
-    added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`."""
+    added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`. `skipped` (the
+    ids of steps without a screenshot) does not enter the metrics: the runner reports those steps."""
     by_trajectory: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
     for record in records:
@@ -477,7 +511,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def ground_truth_action(sample: AgentNetStep) -> Action:
     """The step's ground truth as an `Action` (the oracle): the first action, with a following Enter
-    folded into the typed text and a [moveTo, scroll] pair given as a scroll at the moveTo point."""
+    folded into the typed text, a [moveTo, dragTo] pair given as one drag between the two points and
+    a [moveTo, scroll] pair as a scroll at the moveTo point."""
     targets = _targets(sample.ground_truth)
     gt = targets[-1].action if targets[-1].action.type == "scroll" else targets[0].action
     anchor = targets[0].action.position
@@ -485,7 +520,8 @@ def ground_truth_action(sample: AgentNetStep) -> Action:
         direction = None if not gt.amount else ("up" if gt.amount > 0 else "down")
         return Action(ActionType.SCROLL, point=anchor, direction=direction, amount=gt.amount)
     if gt.type == "dragto":
-        return Action(ActionType.DRAG, end_point=gt.position)
+        start = targets[0].start
+        return Action(ActionType.DRAG, point=start.position if start else None, end_point=gt.position)
     if gt.type in COORD_TYPES:
         kinds = {
             "click": ActionType.CLICK,

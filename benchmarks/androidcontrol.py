@@ -8,7 +8,8 @@ the B10 fixes (typed text without a point, scroll directions from signed amounts
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from benchmarks.common import (
     DataError,
     Fields,
     LoadResult,
+    Prediction,
     SkippedSample,
     Tally,
     canonical_keys,
     check_limit,
     check_split,
     finished_failed,
+    fold_actions,
     image_size,
     json_list,
     point_in_xyxy,
@@ -287,7 +290,8 @@ def scroll_direction(action: Action) -> str | None:
 
 
 def goal_status(action: Action) -> str:
-    """The `finished` content as AndroidControl's goal status (successful | infeasible)."""
+    """The `finished` content as AndroidControl's goal status (successful | infeasible): failure words,
+    or no content at all, give infeasible (`finished_failed`)."""
     content = (action.text or "").strip().lower()
     if content in GOAL_STATUSES:
         return content
@@ -330,9 +334,22 @@ def _correct(sample: AndroidControlSample, action: Action, kind: str) -> bool:
     return True
 
 
-def score(sample: AndroidControlSample, action: Action) -> dict[str, Any]:
-    """Score one prediction: `correct` (0/1 step accuracy), with `grounding` saying whether the
-    ground truth counts toward grounding accuracy, plus `episode_id`, `step`, `gt_type`, `pred_type`."""
+def without_submit(action: Action) -> Action:
+    """A `type` action with one trailing newline (the mobile prompt's "submit") removed from its text;
+    any other action unchanged."""
+    text = action.text or ""
+    if action.type is not ActionType.TYPE or not text.endswith("\n"):
+        return action
+    return dataclasses.replace(action, text=text[:-1])
+
+
+def score(sample: AndroidControlSample, prediction: Prediction) -> dict[str, Any]:
+    """Score a prediction (its first action after `fold_actions`, so OpenCUA's `write(t)` +
+    `press('enter')` is a `type('t\\n')` as UI-TARS writes it): `correct` (0/1 step accuracy, the
+    original exact text rule), `correct_ignoring_newline` (the same with one trailing newline of a
+    typed text ignored), with `grounding` saying whether the ground truth counts toward grounding
+    accuracy, plus `episode_id`, `step`, `gt_type`, `pred_type`."""
+    action = fold_actions(prediction)[0]
     kind = to_android(action)
     return {
         "episode_id": sample.episode_id,
@@ -342,21 +359,35 @@ def score(sample: AndroidControlSample, action: Action) -> dict[str, Any]:
         "parsed": action.parsed,
         "grounding": sample.ground_truth.action_type in GROUNDING_TYPES,
         "correct": _correct(sample, action, kind),
+        "correct_ignoring_newline": _correct(sample, without_submit(action), kind),
     }
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _lenient(record: dict[str, Any]) -> bool:
+    """A record's `correct_ignoring_newline`, or its `correct` when it predates that field."""
+    return bool(record.get("correct_ignoring_newline", record["correct"]))
+
+
+def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """`step_accuracy` over all records, `grounding_accuracy` over click/long_press/type_text ground
-    truths, and accuracy per ground-truth type."""
+    truths, the same two with one trailing newline of typed text ignored
+    (`step_accuracy_ignoring_newline`, `grounding_accuracy_ignoring_newline`), and accuracy per
+    ground-truth type. A record written before the lenient field existed counts by its exact rule
+    there (re-score the run to fill it in). `skipped` (ids of steps without a screenshot) does not
+    enter the metrics: the runner reports those steps."""
     correct = sum(1 for r in records if r["correct"])
+    lenient = sum(1 for r in records if _lenient(r))
     grounding = [r for r in records if r["grounding"]]
     grounding_correct = sum(1 for r in grounding if r["correct"])
+    grounding_lenient = sum(1 for r in grounding if _lenient(r))
     per_type: dict[str, Tally] = {}
     for record in records:
         per_type.setdefault(record["gt_type"], Tally()).add(bool(record["correct"]))
     return {
         "step_accuracy": rate(correct, len(records)),
         "grounding_accuracy": rate(grounding_correct, len(grounding)),
+        "step_accuracy_ignoring_newline": rate(lenient, len(records)),
+        "grounding_accuracy_ignoring_newline": rate(grounding_lenient, len(grounding)),
         "correct_steps": correct,
         "total_steps": len(records),
         "correct_grounding_steps": grounding_correct,
@@ -391,7 +422,7 @@ SPEC = BenchmarkSpec(
     images_env="ANDROIDCONTROL_IMGS",
     splits=SPLITS,
     default_split="all",
-    metric_columns=("step_accuracy", "grounding_accuracy"),
+    metric_columns=("step_accuracy", "grounding_accuracy", "step_accuracy_ignoring_newline"),
     max_new_tokens=600,
     load=load,
     score=score,

@@ -10,6 +10,7 @@ into the user's Hugging Face directory just to read a few hundred records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,13 +20,18 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from guikv.agents.action import Action
+from guikv.agents.action import Action, ActionType
 from guikv.errors import UserInputError
 
 Box = tuple[float, float, float, float]
 """A box as four numbers; whether they are [x, y, w, h] or [x1, y1, x2, y2] is said where it is used."""
 
 S = TypeVar("S")
+
+Prediction = Action | Sequence[Action]
+"""What a metric scores: every action parsed from one model output, in order (a lone `Action` is
+read as a one-action output). Metrics are pure functions of this and the sample, so a stored raw
+output can be re-parsed and re-scored at any time."""
 
 _MISSING: Any = object()
 
@@ -74,10 +80,12 @@ class BenchmarkSpec:
     """Everything a runner or CLI needs to know about one benchmark, without importing its module.
 
     `load(data_dir, images_dir, split=None, limit=None, **options) -> LoadResult`,
-    `score(sample, action, ...) -> dict` (JSON-ready score fields for one sample),
-    `summarize(records) -> dict` (from score fields only), `ground_truth_action(sample, ...) -> Action`
-    (the oracle). `metric_columns` are the summary keys a results table shows, best first. `splits`
-    lists the fixed split names (ScreenSpot-Pro also accepts the stem of any of its annotation files).
+    `score(sample, prediction, ...) -> dict` (JSON-ready score fields for one sample; `prediction` is
+    every action parsed from the output, see `Prediction`), `summarize(records, skipped=()) -> dict`
+    (from score fields only, plus the ids of the samples the loader skipped),
+    `ground_truth_action(sample, ...) -> Action` (the oracle). `metric_columns` are the summary keys
+    a results table shows, best first. `splits` lists the fixed split names (ScreenSpot-Pro also
+    accepts the stem of any of its annotation files).
     """
 
     name: str
@@ -335,9 +343,13 @@ is not read as a success."""
 
 
 def finished_failed(text: str | None) -> bool:
-    """Whether the content of a `finished` action reports failure rather than success."""
-    lowered = (text or "").lower()
-    return any(word in lowered for word in FAILURE_WORDS)
+    """Whether the content of a `finished` action reports failure rather than success.
+
+    No content at all (`finished()`, `finished(content='')`, `computer.terminate()`) is a failure: the
+    agent stopped without claiming success, and the original AgentNetBench conversion counted it so.
+    """
+    lowered = (text or "").strip().lower()
+    return not lowered or any(word in lowered for word in FAILURE_WORDS)
 
 
 _KEY_ALIASES: dict[str, str] = {
@@ -393,3 +405,44 @@ def canonical_keys(keys: Sequence[str]) -> frozenset[str]:
         parts = key.split("+") if "+" in key and key.strip() != "+" else [key]
         names.extend(canonical_key(part) for part in parts if part != "")
     return frozenset(names)
+
+
+def as_actions(prediction: Prediction) -> tuple[Action, ...]:
+    """The actions of one model output in order; a lone `Action` is a one-action output, and an empty
+    sequence an unparsed one (so every metric can read the first action)."""
+    if isinstance(prediction, Action):
+        return (prediction,)
+    return tuple(prediction) or (Action.unparsed(""),)
+
+
+def is_enter(action: Action) -> bool:
+    """Whether an action is a press (or one-key hotkey) of Enter / Return: the submit keystroke."""
+    return action.type in (ActionType.PRESS, ActionType.HOTKEY) and canonical_keys(action.keys) == {"enter"}
+
+
+def submitted(text: str | None) -> bool:
+    """Whether typed text ends with a newline (spaces and tabs after it ignored): it is submitted."""
+    return (text or "").rstrip(" \t").endswith("\n")
+
+
+def fold_actions(prediction: Prediction) -> tuple[Action, ...]:
+    """The actions of one output with the two-action idioms folded into the one action they perform,
+    the same way the ground truth is read (OpenCUA's AgentNetBench evaluator folds both sides):
+
+    - a `type` followed by Enter is one `type` whose text has the newline appended, a submitted
+      text (OpenCUA writes `write(t)` + `press('enter')` where UI-TARS writes `type('t\\n')`);
+    - a `move_to` followed by a `drag` is one `drag` from the `move_to` point (OpenCUA writes
+      `moveTo(start)` + `dragTo(end)` where UI-TARS writes `drag(start, end)`).
+
+    Every other action is kept as it is, in order.
+    """
+    folded: list[Action] = []
+    for action in as_actions(prediction):
+        previous = folded[-1] if folded else None
+        if previous is not None and previous.type is ActionType.TYPE and is_enter(action):
+            folded[-1] = dataclasses.replace(previous, text=(previous.text or "") + "\n")
+        elif previous is not None and previous.type is ActionType.MOVE_TO and action.type is ActionType.DRAG:
+            folded[-1] = dataclasses.replace(action, point=action.point or previous.point)
+        else:
+            folded.append(action)
+    return tuple(folded)

@@ -8,8 +8,10 @@ number is the mean of the three splits. Fixes B7-B9 are described in docs/metric
 
 from __future__ import annotations
 
+import dataclasses
 import string
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,10 +22,12 @@ from benchmarks.common import (
     Box,
     Fields,
     LoadResult,
+    Prediction,
     SkippedSample,
     as_box,
     check_limit,
     check_split,
+    fold_actions,
     image_size,
     macro_mean,
     mean,
@@ -42,6 +46,10 @@ BLOCK_PADDING = 200
 BLOCK_STRIDE = BLOCK_HEIGHT - BLOCK_PADDING
 """UGround's make_blocks cuts block k from page row k * (1000 - 200): consecutive blocks overlap by 200 px."""
 
+METRICS = ("element_accuracy", "operation_f1", "step_accuracy")
+"""The three macro numbers reported per split and overall."""
+
+
 MAX_MODEL_CALLS = 5
 """Model calls per sample, scrolls included (the original's max_steps)."""
 
@@ -58,6 +66,13 @@ ELEMENT_ACTIONS = frozenset(
 )
 """Actions that pick an element with their point, and so can earn element accuracy (B9: TYPE and
 SELECT included)."""
+
+CLICKS = frozenset({ActionType.CLICK, ActionType.DOUBLE_CLICK, ActionType.TRIPLE_CLICK})
+"""Clicks that put the cursor in a text box, so a `type` after them types into the clicked element."""
+
+KEYS = frozenset({ActionType.PRESS, ActionType.HOTKEY})
+"""Key actions that may sit between the click and the typing (select-all, delete) without changing
+which element receives the text."""
 
 
 def data_file(split: str) -> str:
@@ -253,6 +268,30 @@ def token_f1(pred: str, label: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def web_action(prediction: Prediction) -> Action:
+    """The one operation a prediction performs on the page, as a single action.
+
+    After `fold_actions` (a `type` + Enter is one submitted `type`): an output that clicks an element
+    and then types (`pyautogui.click(x, y)` + `pyautogui.write(t)`, or UI-TARS `click(point)` +
+    `type(content)`), with only other clicks or key presses such as select-all between them, is a
+    TYPE of that text at the last clicked point (a `type` with its own point keeps it). Any other
+    output is its first action.
+    """
+    actions = fold_actions(prediction)
+    first = actions[0]
+    if first.type not in CLICKS or first.point is None:
+        return first
+    point = first.point
+    for action in actions[1:]:
+        if action.type is ActionType.TYPE:
+            return dataclasses.replace(action, point=action.point or point)
+        if action.type in CLICKS and action.point is not None:
+            point = action.point
+        elif action.type not in KEYS:
+            break
+    return first
+
+
 def operation_text(action: Action) -> str:
     """The prediction as "<op> <content>" for the F1: click, type <text>, select <option>; other
     actions give their type name (which never matches), an unparsed output gives ""."""
@@ -265,10 +304,12 @@ def operation_text(action: Action) -> str:
     return action.type.value
 
 
-def score(sample: Mind2WebSample, action: Action, block: int = 0) -> dict[str, Any]:
-    """Score the final action of a sample, taken on block `block`: `element_correct` when its point
-    (normalised to that block) is inside a target box expressed in that block (B9), `operation_f1`,
-    and `step_correct` (F1 == 1 and element correct), with the fields the macro average groups by."""
+def score(sample: Mind2WebSample, prediction: Prediction, block: int = 0) -> dict[str, Any]:
+    """Score the final output of a sample, taken on block `block`, as the operation it performs
+    (`web_action`): `element_correct` when its point (normalised to that block) is inside a target
+    box expressed in that block (B9), `operation_f1`, and `step_correct` (F1 == 1 and element
+    correct), with the fields the macro average groups by."""
+    action = web_action(prediction)
     if not 0 <= block < len(sample.blocks):
         raise ValueError(f"{sample.sample_id}: no block {block} (the sample has {len(sample.blocks)} blocks)")
     width, height = sample.block_sizes[block]
@@ -292,9 +333,21 @@ def score(sample: Mind2WebSample, action: Action, block: int = 0) -> dict[str, A
     }
 
 
-def _split_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+def skipped_tasks(skipped: Sequence[str]) -> dict[str, Counter[str]]:
+    """Per split, the number of skipped steps of each task, from skipped sample ids
+    (`<split>/<annotation_id>/<action_uid>`, as `Mind2WebSample.sample_id` writes them)."""
+    tasks: dict[str, Counter[str]] = defaultdict(Counter)
+    for sample_id in skipped:
+        split, rest = sample_id.split("/", 1)
+        tasks[split][rest.rsplit("/", 1)[0]] += 1
+    return tasks
+
+
+def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict[str, Any]:
     """Macro (per task, then over tasks) and micro averages of one split, with each task padded with
-    zeros up to its `total_steps` (steps skipped for missing screenshots count as wrong)."""
+    zeros up to its `total_steps` (steps skipped for missing screenshots count as wrong). A task none
+    of whose steps was scored (every one skipped, `skipped` gives how many) counts too, all its steps
+    wrong; it is also reported on its own, with the macro averages over the other tasks beside."""
     element: dict[str, list[float]] = defaultdict(list)
     f1: dict[str, list[float]] = defaultdict(list)
     step: dict[str, list[float]] = defaultdict(list)
@@ -305,6 +358,9 @@ def _split_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         f1[task].append(float(record["operation_f1"]))
         step[task].append(float(record["step_correct"]))
         totals[task] = max(totals.get(task, 0), record["total_steps"])
+    scored = set(step)
+    absent = {task: count for task, count in skipped.items() if task not in totals}
+    totals.update(absent)
     padded = 0
     for task, total in totals.items():
         missing = max(0, total - len(step[task]))
@@ -323,25 +379,45 @@ def _split_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "micro_operation_f1": mean(v for vs in f1.values() for v in vs),
         "micro_step_accuracy": mean(v for vs in step.values() for v in vs),
         "total_tasks": len(totals),
+        "wholly_skipped_tasks": len(absent),
+        "without_wholly_skipped_tasks": {
+            name: macro_mean({task: series[task] for task in scored})
+            for name, series in zip(METRICS, (element, f1, step), strict=True)
+        },
         "scored_steps": len(records),
         "padded_steps": padded,
         "error_ratio": {k: errors[k] / len(totals) for k in ("0", "1", "2", "3", ">3") if k in errors},
     }
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Per split macro element accuracy, operation F1 and step accuracy (each split on its own, B8),
-    and the overall numbers as the unweighted mean over the splits present."""
+    and the overall numbers as the unweighted mean over the splits present. `skipped` holds the ids
+    of samples skipped for a missing `0.png`: a task with every step skipped counts as all wrong,
+    like a task with some steps skipped, and `wholly_skipped_tasks` / `without_wholly_skipped_tasks`
+    say how many there were and what the averages are without them."""
+    absent = skipped_tasks(skipped)
     splits = {
-        name: _split_summary([r for r in records if r["split"] == name])
+        name: _split_summary([r for r in records if r["split"] == name], absent.get(name, Counter()))
         for name in SPLITS
-        if any(r["split"] == name for r in records)
+        if any(r["split"] == name for r in records) or absent.get(name)
     }
-    overall = {
-        key: mean(s[key] for s in splits.values() if s[key] is not None)
-        for key in ("element_accuracy", "operation_f1", "step_accuracy")
+    overall = {key: mean(s[key] for s in splits.values() if s[key] is not None) for key in METRICS}
+    without = {
+        key: mean(
+            s["without_wholly_skipped_tasks"][key]
+            for s in splits.values()
+            if s["without_wholly_skipped_tasks"][key] is not None
+        )
+        for key in METRICS
     }
-    return {**overall, "total_tasks": sum(s["total_tasks"] for s in splits.values()), "splits": splits}
+    return {
+        **overall,
+        "total_tasks": sum(s["total_tasks"] for s in splits.values()),
+        "wholly_skipped_tasks": sum(s["wholly_skipped_tasks"] for s in splits.values()),
+        "without_wholly_skipped_tasks": without,
+        "splits": splits,
+    }
 
 
 def ground_truth_action(sample: Mind2WebSample, block: int = 0) -> Action:

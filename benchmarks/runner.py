@@ -407,6 +407,7 @@ def build_summary(
     scored it."""
     scored = [record for record in records if not is_failed(record)]
     failed = [record for record in records if is_failed(record)]
+    skipped_ids = [item["sample_id"] for item in skipped]
     return {
         "benchmark": spec.name,
         "title": spec.title,
@@ -416,7 +417,7 @@ def build_summary(
         "budget": settings["budget"],
         "config": dict(settings),
         "metric_columns": list(spec.metric_columns),
-        "metrics": spec.summarize(scored),
+        "metrics": spec.summarize(scored, skipped_ids),
         "savings": savings(records),
         "samples_scored": len(scored),
         "samples_skipped": len(skipped),
@@ -425,7 +426,7 @@ def build_summary(
         "excluded": [dict(item) for item in excluded],
         "samples_failed": len(failed),
         "failed": [{"sample_id": r["sample_id"], "error": r["error"]} for r in failed],
-        "metrics_failures_as_wrong": spec.summarize(list(records)) if failed else None,
+        "metrics_failures_as_wrong": spec.summarize(list(records), skipped_ids) if failed else None,
         "warning": failure_warning(len(failed), len(records)),
         "guikv_version": __version__,
     }

@@ -68,6 +68,6 @@ def score_output(
     spec: BenchmarkSpec, family: AgentFamily, scoring: ScoringInput, text: str
 ) -> tuple[list[Action], dict[str, Any]]:
     """Parse a raw output and score it with the benchmark's metric: the parsed actions and the score
-    fields. The metric is given the first action."""
+    fields. The metric is given every parsed action."""
     actions = parse_output(family, text, scoring.image_size)
-    return actions, spec.score(scoring.sample, actions[0], **scoring.options)
+    return actions, spec.score(scoring.sample, actions, **scoring.options)

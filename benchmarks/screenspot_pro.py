@@ -7,6 +7,7 @@ are run, as in GUI-KV; records that say otherwise are reported in `excluded`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from benchmarks.common import (
     DataError,
     Fields,
     LoadResult,
+    Prediction,
     SkippedSample,
+    as_actions,
     breakdown,
     check_limit,
     check_split,
@@ -120,9 +123,11 @@ def load(
     return LoadResult(tuple(samples), tuple(skipped), tuple(excluded))
 
 
-def score(sample: ScreenSpotProSample, action: Action) -> dict[str, Any]:
-    """Score one prediction: `correctness` is `correct`, `wrong` or `wrong_format` (no point: an
-    unparsed or pointless output), with the labels the summary breaks down by."""
+def score(sample: ScreenSpotProSample, prediction: Prediction) -> dict[str, Any]:
+    """Score a prediction by its first action's point: `correctness` is `correct`, `wrong` or
+    `wrong_format` (no point: an unparsed or pointless output), with the labels the summary breaks
+    down by."""
+    action = as_actions(prediction)[0]
     if action.point is None:
         correctness = "wrong_format"
     else:
@@ -138,9 +143,10 @@ def score(sample: ScreenSpotProSample, action: Action) -> dict[str, Any]:
     }
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Sample-weighted `action_acc`, `text_acc`, `icon_acc`, the wrong-format count, and accuracy by
-    group (leaderboard simple), application (leaderboard detailed), platform and UI type."""
+    group (leaderboard simple), application (leaderboard detailed), platform and UI type. `skipped`
+    (ids of samples without a screenshot) does not enter the metrics: the runner reports them."""
     text = [r for r in records if r["ui_type"] == "text"]
     icon = [r for r in records if r["ui_type"] == "icon"]
     return {

@@ -8,6 +8,7 @@ overall number and the sample-weighted micro accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from benchmarks.common import (
     Box,
     Fields,
     LoadResult,
+    Prediction,
     SkippedSample,
     Tally,
+    as_actions,
     check_limit,
     check_split,
     image_size,
@@ -102,9 +105,11 @@ def load(
     return LoadResult(tuple(samples), tuple(skipped))
 
 
-def score(sample: ScreenSpotSample, action: Action) -> dict[str, Any]:
-    """Score one prediction: `correct` when the point is in the box, `wrong_format` when the output
-    had no point at all (unparsed or pointless, counted wrong as in the original)."""
+def score(sample: ScreenSpotSample, prediction: Prediction) -> dict[str, Any]:
+    """Score a prediction by its first action's point: `correct` when the point is in the box,
+    `wrong_format` when the output had no point at all (unparsed or pointless, counted wrong as in
+    the original)."""
+    action = as_actions(prediction)[0]
     wrong_format = action.point is None
     return {
         "task": sample.task,
@@ -115,10 +120,11 @@ def score(sample: ScreenSpotSample, action: Action) -> dict[str, Any]:
     }
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Per task text/icon/action accuracy; `overall_mean_of_means` = (mean over tasks of text accuracy
     + mean over tasks of icon accuracy) / 2, the number the original reports as overall accuracy;
-    `overall_micro` = correct / total over every sample."""
+    `overall_micro` = correct / total over every sample. `skipped` (ids of samples without a
+    screenshot) does not enter the metrics: the runner reports them."""
     breakdown: dict[str, dict[str, Any]] = {}
     for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
         rows = [r for r in records if r["task"] == task]

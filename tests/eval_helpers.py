@@ -79,6 +79,48 @@ def agentnetbench(fixtures: Path, root: Path, make_png: MakePng, scale: float = 
     return target, target / "images"
 
 
+def _gt(kind: str, box: list[float] | None = None, **params: Any) -> dict[str, Any]:
+    """One AgentNetBench ground-truth action as the benchmark writes it (`rel_bbox` [x, y, w, h] 0-1)."""
+    metadata = {"bboxes": [{"rel_bbox": box}]} if box else {}
+    return {"type": kind, "params": params, "metadata": metadata}
+
+
+IDIOM_STEPS: list[list[dict[str, Any]]] = [
+    [
+        _gt("moveTo", [0.2, 0.45, 0.1, 0.1], position={"x": 0.25, "y": 0.5}),
+        _gt("dragTo", [0.7, 0.45, 0.1, 0.1], position={"x": 0.75, "y": 0.5}),
+    ],
+    [_gt("moveTo", position={"x": 0.1, "y": 0.9}), _gt("dragTo", position={"x": 0.6, "y": 0.3})],
+    [_gt("write", text="george orwell"), _gt("press", keys=["enter"])],
+    [_gt("hotkey", keys=["cmd", "c"])],
+    [_gt("hotkey", keys=["command", "v"])],
+    [_gt("press", keys=["return"])],
+    [_gt("terminate", status="failure")],
+]
+"""AgentNetBench ground truths the shipped trajectory lacks: drags (recorded as [moveTo, dragTo], with
+and without element boxes), a submitted write, macOS Command shortcuts, a Return key and a failed
+terminate; in the benchmark's own schema."""
+
+
+def agentnetbench_idioms(root: Path, make_png: MakePng) -> tuple[Path, Path]:
+    """A trajectory of `IDIOM_STEPS` with 1280x720 placeholder screenshots, for the oracle."""
+    data, images = root / "agentnetbench-idioms", root / "agentnetbench-idioms" / "images"
+    steps = []
+    for number, actions in enumerate(IDIOM_STEPS):
+        image = f"s_idioms_{number}.png"
+        make_png(images / image, (1280, 720))
+        steps.append(
+            {"step_num": number, "image": image, "milestone": False, "ground_truth_actions": actions}
+        )
+    trajectory = {
+        "task_id": "s_idioms",
+        "high_level_task_description": "Exercise every idiom",
+        "steps": steps,
+    }
+    (data / "s_idioms.json").write_text(json.dumps(trajectory))
+    return data, images
+
+
 def node(x_min: int, y_min: int, x_max: int, y_max: int, **texts: str) -> dict[str, Any]:
     """An accessibility node as android_env's UIElement.to_dict() writes it (the fields we read)."""
     box = {"x_min": x_min, "x_max": x_max, "y_min": y_min, "y_max": y_max}

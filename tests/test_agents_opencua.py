@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from parser_checks import assert_total_parse
 from PIL import Image
 
+from benchmarks.mind2web import web_action
 from guikv.agents import opencua
 from guikv.agents.action import POINTING_TYPES, Action, ActionType
 from guikv.agents.prompting import collect_images
@@ -184,14 +185,14 @@ def test_ground_truth_code_with_relative_floats(fixtures_dir: Path) -> None:
         ("pyautogui.typewrite('old name')", ActionType.TYPE, {"text": "old name"}),
         ("pyautogui.press('enter')", ActionType.PRESS, {"keys": ("enter",)}),
         ("pyautogui.press(keys=['enter'])", ActionType.PRESS, {"keys": ("enter",)}),
-        ("pyautogui.press(['cmd', 'c'])", ActionType.HOTKEY, {"keys": ("ctrl", "c")}),
-        ("pyautogui.hotkey('command', 'v')", ActionType.HOTKEY, {"keys": ("ctrl", "v")}),
+        ("pyautogui.press(['cmd', 'c'])", ActionType.HOTKEY, {"keys": ("cmd", "c")}),
+        ("pyautogui.hotkey('command', 'v')", ActionType.HOTKEY, {"keys": ("command", "v")}),
         (
             "pyautogui.hotkey(keys=['ctrl', 'shift', 't'])",
             ActionType.HOTKEY,
             {"keys": ("ctrl", "shift", "t")},
         ),
-        ("pyautogui.hotkey(['Cmd', 'a'])", ActionType.HOTKEY, {"keys": ("ctrl", "a")}),
+        ("pyautogui.hotkey(['Cmd', 'a'])", ActionType.HOTKEY, {"keys": ("Cmd", "a")}),
         ("pyautogui.scroll(5)", ActionType.SCROLL, {"amount": 5, "direction": "up", "point": None}),
         ("pyautogui.scroll(-10)", ActionType.SCROLL, {"amount": -10, "direction": "down"}),
         ("pyautogui.scroll(-3, x=644, y=364)", ActionType.SCROLL, {"amount": -3, "point": (0.5, 0.5)}),
@@ -297,7 +298,12 @@ def _opencua_actions() -> st.SearchStrategy[Action]:
         st.builds(Action, type=st.just(ActionType.DRAG), end_point=_points, thought=_thoughts),
         st.builds(Action, type=st.just(ActionType.HOTKEY), keys=_keys),
         st.builds(Action, type=st.just(ActionType.PRESS), keys=_keys.map(lambda keys: keys[:1])),
-        st.builds(Action, type=st.just(ActionType.TYPE), text=_texts, thought=_thoughts),
+        st.builds(
+            Action,
+            type=st.just(ActionType.TYPE),
+            text=_texts.filter(lambda text: not text.endswith("\n")),
+            thought=_thoughts,
+        ),
         _scrolls(),
         st.builds(
             Action,
@@ -327,6 +333,20 @@ def test_drag_with_start_round_trips_as_move_then_drag(
     move, drag = opencua.parse(opencua.format_action(action, size), size)
     assert move.type is ActionType.MOVE_TO
     _assert_close(drag, action, model_image_size(*size))
+
+
+@settings(deadline=None, max_examples=50)
+@given(text=_texts, point=st.none() | _points, size=st.sampled_from(SIZES))
+def test_typing_into_an_element_and_submitting_are_written_as_opencua_does(
+    text: str, point: tuple[float, float] | None, size: tuple[int, int]
+) -> None:
+    """A `type` with a point is `click` + `write`; a trailing newline is `press('enter')`. The
+    metrics fold those pairs back into the one action (Mind2Web's `web_action`)."""
+    action = Action(ActionType.TYPE, point=point, text=text + "\n", thought="Type it.")
+    code = opencua.format_action(action, size)
+    assert code.count("pyautogui.press('enter')") == 1
+    assert ("pyautogui.click(" in code) is (point is not None)
+    _assert_close(web_action(opencua.parse(code, size)), action, model_image_size(*size))
 
 
 def test_format_action_text_shape() -> None:

@@ -310,6 +310,37 @@ def test_parse_type_content_escaping(call: str, text: str) -> None:
     assert action.text == text
 
 
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("def show(x):\nprint(x)", "def show(x):\nprint(x)"),
+        ("first\nprint(x)\nclick(here)\n", "first\nprint(x)\nclick(here)\n"),
+        ("call f(a)\nwait()", "call f(a)\nwait()"),
+    ],
+)
+def test_a_quoted_line_that_starts_like_a_call_stays_in_the_string(content: str, text: str) -> None:
+    """Issue 8 item 14: a raw newline inside `type(content='...')` followed by a line starting like a
+    call (`print(x)`) split the call in two and the step became unparsed."""
+    output = (
+        f"Thought: Type the code.\nAction: type(content='{content}')\n\nclick(point='<point>644 364</point>')"
+    )
+    typed, click = ui_tars.parse(output, SIZE)
+    assert typed.type is ActionType.TYPE and typed.text == text
+    assert click.type is ActionType.CLICK and click.point == pytest.approx((0.5, 0.5))
+
+
+def test_many_call_like_lines_inside_one_string() -> None:
+    code = "".join(f"print({n})\n" for n in range(400))
+    [typed] = ui_tars.parse(f"Thought: Paste the code.\nAction: type(content='{code}')", SIZE)
+    assert typed.type is ActionType.TYPE and typed.text == code
+
+
+def test_an_unreadable_call_does_not_swallow_the_next_one() -> None:
+    text = "Action: click(point=<point>1 2</point>)\ntype(content='x')"
+    first, second = ui_tars.parse(text, SIZE)
+    assert first.type is ActionType.UNPARSED and (second.type, second.text) == (ActionType.TYPE, "x")
+
+
 def test_parse_bare_grounding_answer_and_truncated_call() -> None:
     [action] = ui_tars.parse("click(start_box='(644,364)')", SIZE)
     assert action.point == pytest.approx((0.5, 0.5))
@@ -402,6 +433,16 @@ def test_format_action_text_shape() -> None:
     assert ui_tars.format_action(typed, SIZE) == "Action: type(content='it\\'s\\n')"
     scroll = Action(ActionType.SCROLL, point=(0.5, 0.5), amount=-3)
     assert "direction='down'" in ui_tars.format_action(scroll, SIZE)
+
+
+def test_a_type_with_a_point_is_written_click_then_type() -> None:
+    """UI-TARS's `type` takes no point: typing into an element is `click(point)` then `type(content)`."""
+    typed = Action(ActionType.TYPE, point=(0.5, 0.5), text="123456")
+    text = ui_tars.format_action(typed, SIZE)
+    assert text == "Action: click(point='<point>644 364</point>')\n\ntype(content='123456')"
+    click, again = ui_tars.parse(text, SIZE)
+    assert (click.type, click.point) == (ActionType.CLICK, (0.5, 0.5))
+    assert (again.type, again.point, again.text) == (ActionType.TYPE, None, "123456")
 
 
 def test_format_unparsed_returns_raw_and_missing_point_raises() -> None:

@@ -12,6 +12,7 @@ from benchmarks import agentnetbench as anb
 from benchmarks.agentnetbench import AgentNetStep, GroundTruthAction, InnerMonologue
 from benchmarks.common import DataError
 from guikv.agents.action import Action, ActionType
+from guikv.agents.family import FAMILIES
 from guikv.errors import UserInputError
 
 TASK = "s_df0fd37049f470c2"
@@ -190,7 +191,7 @@ def test_type_mismatch_and_unparsed_score_zero() -> None:
 def test_action_mapping() -> None:
     assert anb.to_agentnet(Action(ActionType.LONG_PRESS, point=(0.1, 0.2))).type == "click"
     drag = anb.to_agentnet(Action(ActionType.DRAG, point=(0.1, 0.1), end_point=(0.8, 0.9)))
-    assert (drag.type, drag.point) == ("dragto", (0.8, 0.9))
+    assert (drag.type, drag.point, drag.end) == ("dragto", (0.1, 0.1), (0.8, 0.9))
     back = anb.to_agentnet(Action(ActionType.PRESS_BACK))
     assert (back.type, back.keys) == ("press", frozenset({"escape"}))
     assert anb.to_agentnet(Action(ActionType.WAIT)) is None
@@ -302,3 +303,99 @@ def test_alternatives_are_read_and_empty_ones_ignored(data_dir: Path, tmp_path: 
     assert sample.alternatives == ((GroundTruthAction("hotkey", keys=("ctrl", "l")),),)
     record = anb.score(sample, Action(ActionType.HOTKEY, keys=("control", "L")))
     assert record["score"] == 1.0 and record["used_alternative"]
+
+
+# --- issue 8: drags, Command shortcuts, submits and empty finished, from real model outputs -----------
+
+SCREEN = (1280, 720)
+"""Screenshot size; both families answer in its 1288 x 728 model frame (322 px = 0.25, 966 px = 0.75
+across; 364 px = 0.5 down)."""
+
+DRAG = make_step(
+    [
+        GroundTruthAction("moveto", position=(0.25, 0.5), bboxes=((0.2, 0.45, 0.1, 0.1),)),
+        GroundTruthAction("dragto", position=(0.75, 0.5)),
+    ]
+)
+SUBMITTED = make_step(
+    [GroundTruthAction("write", text="george orwell"), GroundTruthAction("press", keys=("enter",))]
+)
+WRITTEN = make_step([GroundTruthAction("write", text="george orwell")])
+
+
+def parse(family: str, text: str) -> list[Action]:
+    """A model output parsed by the family's own parser at the screenshot size."""
+    return FAMILIES[family].parse(text, SCREEN)
+
+
+def opencua(*code: str) -> str:
+    """An OpenCUA answer in its documented sections, with these code lines."""
+    lines = "\n".join(code)
+    return f"## Thought:\nI act now.\n\n## Action:\nDo it.\n\n## Code:\n```python\n{lines}\n```\n"
+
+
+def test_drag_is_scored_against_both_points_for_both_families() -> None:
+    """Issue 8 item 6: a drag was compared with the moveTo alone, so a perfect UI-TARS drag scored 0
+    and an OpenCUA moveTo to the right start scored 1 whatever the end."""
+    tars = "Thought: Drag the slider right.\nAction: drag(start_box='(322,364)', end_box='(966,364)')"
+    cua = opencua("pyautogui.moveTo(x=322, y=364)", "pyautogui.dragTo(x=966, y=364)")
+    for prediction in (parse("ui-tars", tars), parse("opencua", cua)):
+        record = anb.score(DRAG, prediction)
+        assert record["score"] == 1.0 and record["hit"] and record["pred_type"] == "dragto"
+    wrong_end = opencua("pyautogui.moveTo(x=322, y=364)", "pyautogui.dragTo(x=322, y=700)")
+    assert anb.score(DRAG, parse("opencua", wrong_end))["score"] == pytest.approx(0.5, abs=1e-6)
+    tars_wrong_end = "Thought: Drag.\nAction: drag(start_box='(322,364)', end_box='(322,700)')"
+    assert anb.score(DRAG, parse("ui-tars", tars_wrong_end))["score"] == pytest.approx(0.5, abs=1e-6)
+    hover = parse("opencua", opencua("pyautogui.moveTo(x=322, y=364)"))
+    assert anb.score(DRAG, hover)["score"] == pytest.approx(0.5)
+    backwards = "Thought: Drag.\nAction: drag(start_box='(966,364)', end_box='(322,364)')"
+    assert anb.score(DRAG, parse("ui-tars", backwards))["score"] < 1e-6
+    oracle = anb.ground_truth_action(DRAG)
+    assert (oracle.type, oracle.point, oracle.end_point) == (ActionType.DRAG, (0.25, 0.5), (0.75, 0.5))
+
+
+def test_opencua_command_shortcuts_keep_their_key() -> None:
+    """Issue 8 item 7: the OpenCUA parser rewrote cmd to ctrl, so every correct macOS shortcut scored
+    0; only the metric's alias table decides which names are one key (command = cmd, never ctrl)."""
+    copy = make_step([GroundTruthAction("hotkey", keys=("cmd", "c"))])
+    for code in (
+        "pyautogui.hotkey('cmd', 'c')",
+        "pyautogui.hotkey(['cmd', 'c'])",
+        "pyautogui.hotkey(keys=['command', 'c'])",
+    ):
+        assert anb.score(copy, parse("opencua", opencua(code)))["score"] == 1.0
+    assert anb.score(copy, parse("ui-tars", "Thought: Copy it.\nAction: hotkey(key='cmd c')"))["score"] == 1.0
+    ctrl_copy = make_step([GroundTruthAction("hotkey", keys=("ctrl", "c"))])
+    assert anb.score(ctrl_copy, parse("opencua", opencua("pyautogui.hotkey('cmd', 'c')")))["score"] == 0.0
+
+
+def test_submit_is_folded_the_same_way_on_both_sides() -> None:
+    """Issue 8 item 8: OpenCUA's write + press('enter') scored 0.9 against a submitted ground truth,
+    where UI-TARS's type('...\\n') scored 1 (OpenCUA's own evaluator folds both sides)."""
+    predictions = [
+        parse("opencua", opencua("pyautogui.write(message='George Orwell')", "pyautogui.press('enter')")),
+        parse("opencua", opencua("pyautogui.write('George Orwell')", "pyautogui.press(['return'])")),
+        parse("ui-tars", "Thought: Search for him.\nAction: type(content='George Orwell\\n')"),
+    ]
+    for prediction in predictions:
+        assert anb.score(SUBMITTED, prediction)["score"] == 1.0
+        assert anb.score(WRITTEN, prediction)["score"] == pytest.approx(0.9)
+    unsubmitted = parse("opencua", opencua("pyautogui.write(message='George Orwell')"))
+    assert anb.score(SUBMITTED, unsubmitted)["score"] == pytest.approx(0.9)
+    assert anb.score(WRITTEN, unsubmitted)["score"] == 1.0
+
+
+def test_finished_without_content_is_a_failure() -> None:
+    """Issue 8 item 11: a `finished()` that states nothing counted as success; like the original
+    AgentNetBench conversion, it is now a failure, for both families."""
+    done = make_step([GroundTruthAction("terminate", status="success")])
+    failed = make_step([GroundTruthAction("terminate", status="failure")])
+    for prediction in (
+        parse("ui-tars", "Thought: All done.\nAction: finished()"),
+        parse("ui-tars", "Thought: All done.\nAction: finished(content='')"),
+        parse("opencua", opencua("computer.terminate()")),
+    ):
+        assert anb.score(done, prediction)["score"] == 0.0
+        assert anb.score(failed, prediction)["score"] == 1.0
+    stated = parse("opencua", opencua("computer.terminate(status='success')"))
+    assert anb.score(done, stated)["score"] == 1.0

@@ -12,8 +12,9 @@ import pytest
 from eval_helpers import ANDROID_ACTIONS, PHONE, android_records
 
 from benchmarks import androidcontrol as ac
-from benchmarks.common import DataError
+from benchmarks.common import DataError, fold_actions
 from guikv.agents.action import Action, ActionType
+from guikv.agents.family import FAMILIES
 from guikv.errors import UserInputError
 
 WIDTH, HEIGHT = PHONE
@@ -223,3 +224,52 @@ def test_summarize_from_records(dataset: tuple[Path, Path]) -> None:
     assert summary["grounding_accuracy"] == pytest.approx(1 / 3)
     assert summary["type_accuracy"]["wait"] == {"accuracy": 1.0, "correct": 1, "total": 1}
     assert ac.summarize([])["step_accuracy"] is None
+
+
+# --- issue 8: a submitted type, and finished() without content, from real model outputs -------------
+
+
+def parse(family: str, text: str) -> list[Action]:
+    """A model output parsed by the family's own parser at the phone screenshot's size."""
+    return FAMILIES[family].parse(text, PHONE)
+
+
+SUBMITS = {
+    "ui-tars": "Thought: Search for coffee.\nAction: type(content='coffee near me\\n')",
+    "opencua": "## Action:\nSearch.\n\n## Code:\n```python\npyautogui.write(message='coffee near me')\n"
+    "pyautogui.press('enter')\n```\n",
+}
+"""A text typed and submitted, as the mobile prompt asks (UI-TARS: a trailing \\n; OpenCUA: Enter)."""
+
+
+@pytest.mark.parametrize("family", sorted(SUBMITS))
+def test_trailing_newline_has_its_own_column(dataset: tuple[Path, Path], family: str) -> None:
+    """Issue 8 items 12 and 8: a submitted text failed the exact rule with no way to see it, and
+    OpenCUA's write + press('enter') was scored on the write alone where UI-TARS's type('...\\n') kept
+    the newline. Both families now read the same; the exact rule stays the headline, and
+    `correct_ignoring_newline` ignores one trailing newline."""
+    sample = sample_for(dataset, "type_text")
+    record = ac.score(sample, parse(family, SUBMITS[family]))
+    assert record["correct"] is False and record["correct_ignoring_newline"] is True
+    plain = ac.score(sample, Action(ActionType.TYPE, text="coffee near me"))
+    assert plain["correct"] and plain["correct_ignoring_newline"]
+    twice = ac.score(sample, Action(ActionType.TYPE, text="coffee near me\n\n"))
+    assert not twice["correct_ignoring_newline"]
+    summary = ac.summarize([record, plain])
+    assert summary["step_accuracy"] == 0.5 and summary["grounding_accuracy"] == 0.5
+    assert summary["step_accuracy_ignoring_newline"] == 1.0
+    assert summary["grounding_accuracy_ignoring_newline"] == 1.0
+    assert "step_accuracy_ignoring_newline" in ac.SPEC.metric_columns
+    old = {key: value for key, value in record.items() if key != "correct_ignoring_newline"}
+    assert ac.summarize([old])["step_accuracy_ignoring_newline"] == 0.0  # a record from before
+
+
+def test_finished_without_content_is_infeasible(dataset: tuple[Path, Path]) -> None:
+    """Issue 8 item 11: one rule for every benchmark, a `finished` that states nothing is a failure."""
+    status = sample_for(dataset, "status")
+    for prediction in (parse("ui-tars", "Thought: Done.\nAction: finished()"), Action(ActionType.FINISHED)):
+        assert ac.goal_status(fold_actions(prediction)[0]) == "infeasible"
+        assert not ac.score(status, prediction)["correct"]
+    assert ac.score(status, parse("ui-tars", "Thought: Done.\nAction: finished(content='successful')"))[
+        "correct"
+    ]

@@ -16,6 +16,7 @@ from benchmarks.common import (
     check_limit,
     check_split,
     finished_failed,
+    fold_actions,
     image_size,
     macro_mean,
     mean,
@@ -24,6 +25,7 @@ from benchmarks.common import (
     read_json,
     read_jsonl,
 )
+from guikv.agents.action import Action, ActionType
 from guikv.errors import UserInputError
 
 MakePng = Callable[[Path, tuple[int, int]], Path]
@@ -116,7 +118,14 @@ def test_finished_failure_words() -> None:
     assert finished_failed("unsuccessful")
     assert finished_failed("I cannot do this")
     assert not finished_failed("successful")
-    assert not finished_failed(None)
+    assert not finished_failed("The task is done.")
+
+
+@pytest.mark.parametrize("content", [None, "", "  "])
+def test_finished_without_content_is_a_failure(content: str | None) -> None:
+    """Issue 8 item 11: `finished()` with no content claimed nothing, so it is a failure (as the
+    original AgentNetBench conversion counted it); it used to count as a success."""
+    assert finished_failed(content)
 
 
 def test_registry_shape() -> None:
@@ -142,3 +151,19 @@ def test_get_benchmark_unknown_name() -> None:
         UserInputError, match="benchmark: unknown name 'nope'; expected one of: agentnetbench"
     ):
         get_benchmark("nope")
+
+
+def test_fold_actions_joins_submit_and_drag_pairs() -> None:
+    """[type, Enter] and [move_to, drag] are each the one action they perform; the rest is kept."""
+    typed = Action(ActionType.TYPE, text="hi")
+    enter = Action(ActionType.PRESS, keys=("Return",))
+    move = Action(ActionType.MOVE_TO, point=(0.1, 0.2))
+    drag = Action(ActionType.DRAG, end_point=(0.8, 0.9))
+    click = Action(ActionType.CLICK, point=(0.5, 0.5))
+    assert fold_actions([typed, enter, click]) == (Action(ActionType.TYPE, text="hi\n"), click)
+    assert fold_actions([move, drag]) == (Action(ActionType.DRAG, point=(0.1, 0.2), end_point=(0.8, 0.9)),)
+    assert fold_actions([enter, typed]) == (enter, typed)
+    ctrl_enter = Action(ActionType.HOTKEY, keys=("ctrl", "enter"))
+    assert fold_actions([typed, ctrl_enter]) == (typed, ctrl_enter)
+    assert fold_actions(click) == (click,)
+    assert fold_actions([]) == (Action.unparsed(""),)

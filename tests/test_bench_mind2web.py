@@ -14,6 +14,7 @@ import pytest
 from benchmarks import mind2web as m2w
 from benchmarks.common import DataError
 from guikv.agents.action import Action, ActionType
+from guikv.agents.family import FAMILIES
 from guikv.errors import UserInputError
 
 BLOCK = (1280, 1000)
@@ -290,3 +291,96 @@ def test_score_rejects_a_block_that_does_not_exist(data_dir: Path, images_dir: P
     sample = m2w.load(data_dir, images_dir).samples[0]
     with pytest.raises(ValueError, match="no block 3"):
         m2w.score(sample, Action(ActionType.CLICK, point=(0.5, 0.5)), block=3)
+
+
+# --- issue 8: TYPE steps from multi-action outputs, wholly skipped tasks -------------------------------
+
+TYPE_BOX_POINT = "x=200, y=343"
+"""Inside the cross_domain TYPE target (33, 320.4375, 570.73, 54) in the 1288 x 1008 model frame of a
+1280 x 1000 block (200 px = 0.155 across, 343 px = 0.34 down)."""
+
+
+def opencua(*code: str) -> str:
+    """An OpenCUA answer in its documented sections, with these code lines."""
+    lines = "\n".join(code)
+    return f"## Thought:\nI type it.\n\n## Action:\nType the zip code.\n\n## Code:\n```python\n{lines}\n```\n"
+
+
+def test_click_then_write_is_a_type_at_the_click_for_both_families(data_dir: Path, images_dir: Path) -> None:
+    """Issue 8 item 9: a TYPE step could never be step-correct: OpenCUA's click + write was scored on
+    the click alone (operation F1 0), UI-TARS's click + type likewise."""
+    typed = m2w.load(data_dir, images_dir, "cross_domain").samples[1]  # TYPE 123456
+    answers = {
+        "opencua": [
+            opencua(f"pyautogui.click({TYPE_BOX_POINT})", "pyautogui.write(message='123456')"),
+            opencua(
+                f"pyautogui.tripleClick({TYPE_BOX_POINT})",
+                "pyautogui.hotkey('ctrl', 'a')",
+                "pyautogui.write('123456')",
+                "pyautogui.press('enter')",
+            ),
+        ],
+        "ui-tars": [
+            "Thought: Type the zip code.\nAction: click(point='<point>200 343</point>')\n\n"
+            "type(content='123456')",
+            "Thought: Type the zip code.\nAction: click(start_box='(200,343)')\ntype(content='123456\\n')",
+        ],
+    }
+    for family, outputs in answers.items():
+        for output in outputs:
+            record = m2w.score(typed, FAMILIES[family].parse(output, BLOCK))
+            assert record["step_correct"], (family, output, record)
+    action = m2w.web_action(FAMILIES["opencua"].parse(answers["opencua"][0], BLOCK))
+    assert action.type is ActionType.TYPE and action.text == "123456"
+
+
+def test_a_type_without_a_point_earns_no_element_credit(data_dir: Path, images_dir: Path) -> None:
+    """UI-TARS's web `type(content=...)` names no element: right operation, no element credit
+    (docs/metrics.md); a click elsewhere, or typing before clicking, does not move it."""
+    samples = m2w.load(data_dir, images_dir, "cross_domain").samples
+    typed, click = samples[1], samples[0]
+    bare = m2w.score(
+        typed, FAMILIES["ui-tars"].parse("Thought: Type.\nAction: type(content='123456')", BLOCK)
+    )
+    assert bare["operation_f1"] == 1.0 and not bare["element_correct"] and not bare["step_correct"]
+    later = opencua("pyautogui.write(message='123456')", f"pyautogui.click({TYPE_BOX_POINT})")
+    assert not m2w.score(typed, FAMILIES["opencua"].parse(later, BLOCK))["element_correct"]
+    target = "x=1108, y=722"  # inside the CLICK target (962.5, 688.25, 279.5, 54) of sample 0
+    clicked = opencua(f"pyautogui.click({target})", "pyautogui.scroll(-3)")
+    assert m2w.score(click, FAMILIES["opencua"].parse(clicked, BLOCK))["step_correct"]
+
+
+def test_wholly_skipped_tasks_count_as_zero(data_dir: Path, images_dir: Path) -> None:
+    """Issue 8 item 10: a task whose every step lacks its screenshot vanished from the macro average,
+    while a task with some steps skipped counted them as wrong."""
+    rows = lines(data_dir, "cross_task")
+    for row in rows:
+        shutil.rmtree(images_dir / "cross_task" / row["blocks_path"])
+    loaded = m2w.load(data_dir, images_dir)
+    assert len(loaded.skipped) == 3 and len(loaded.samples) == 6
+    records = [run_oracle(sample)[0] for sample in loaded.samples]
+    summary = m2w.summarize(records, [skipped.sample_id for skipped in loaded.skipped])
+    task = summary["splits"]["cross_task"]
+    assert task["step_accuracy"] == 0.0 and task["total_tasks"] == 1 and task["wholly_skipped_tasks"] == 1
+    assert task["padded_steps"] == 3 and task["error_ratio"] == {"3": 1.0}
+    assert task["without_wholly_skipped_tasks"]["step_accuracy"] is None
+    assert summary["step_accuracy"] == pytest.approx(2 / 3)
+    assert summary["element_accuracy"] == pytest.approx(2 / 3)
+    assert summary["wholly_skipped_tasks"] == 1 and summary["total_tasks"] == 3
+    assert summary["without_wholly_skipped_tasks"] == {
+        "element_accuracy": 1.0,
+        "operation_f1": 1.0,
+        "step_accuracy": 1.0,
+    }
+
+
+def test_partly_and_wholly_skipped_tasks_in_one_split() -> None:
+    records = [record("cross_task", "a", True, total=2), record("cross_task", "a", True, total=2)]
+    records += [record("cross_task", "b", True, total=2)]
+    skipped = ["cross_task/b/u2", "cross_task/c/u1", "cross_task/c/u2"]
+    split = m2w.summarize(records, skipped)["splits"]["cross_task"]
+    assert split["step_accuracy"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert split["without_wholly_skipped_tasks"]["step_accuracy"] == pytest.approx(0.75)
+    assert split["wholly_skipped_tasks"] == 1 and split["total_tasks"] == 3
+    assert split["micro_step_accuracy"] == pytest.approx(3 / 6)
+    assert m2w.summarize(records)["splits"]["cross_task"]["wholly_skipped_tasks"] == 0

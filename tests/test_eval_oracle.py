@@ -3,12 +3,25 @@ the run directory holds the documented files and record fields."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from eval_helpers import BENCHMARK_NAMES, build_all, oracle_eval_args, records, run_cli, summaries, write_png
+from eval_helpers import (
+    BENCHMARK_NAMES,
+    IDIOM_STEPS,
+    agentnetbench_idioms,
+    build_all,
+    mind2web,
+    oracle_eval_args,
+    records,
+    run_cli,
+    summaries,
+    write_png,
+)
 
 from benchmarks import get_benchmark
 from benchmarks.runner import COST_FIELDS
@@ -108,7 +121,7 @@ def test_run_directory_contract(
     assert [(row["block"], len(row["scroll_outputs"])) for row in deep] == [(2, 2)]
 
 
-@pytest.mark.parametrize("name", ["agentnetbench", "androidcontrol", "screenspot-v2", "screenspot-pro"])
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
 def test_oracle_in_opencua_format(
     name: str, datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
@@ -117,6 +130,47 @@ def test_oracle_in_opencua_format(
     [summary] = summaries(tmp_path).values()
     assert summary["family"] == "opencua"
     assert all(summary["metrics"][metric] == 1.0 for metric in PERFECT[name]), summary["metrics"]
+
+
+@pytest.mark.parametrize("family", ["ui-tars", "opencua"])
+def test_oracle_scores_every_agentnetbench_idiom(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Drags, a submitted write, Command shortcuts, Return and a failed terminate (issue 8 items 6, 7,
+    8, 11), answered in each family's own format (OpenCUA: moveTo + dragTo, write + press('enter'),
+    hotkey(['cmd', 'c'])), all score 100%."""
+    datasets = {"agentnetbench": agentnetbench_idioms(tmp_path / "data", write_png)}
+    args = oracle_eval_args("agentnetbench", datasets, tmp_path / "runs", "--family", family)
+    result = run_cli(args, monkeypatch, capsys)
+    assert result.code == 0, result.err
+    [summary] = summaries(tmp_path / "runs").values()
+    assert summary["samples_scored"] == len(IDIOM_STEPS)
+    metrics = summary["metrics"]
+    perfect = ("overall_score", "average_trajectory_score", "hit_rate", "coordinate_hit_rate")
+    assert all(metrics[name] == 1.0 for name in perfect), metrics
+    [run_dir] = [path.parent for path in (tmp_path / "runs").rglob("summary.json")]
+    answered = [row["pred_type"] for row in records(run_dir)]
+    assert answered == ["dragto", "dragto", "write", "hotkey", "hotkey", "press", "terminate"]
+
+
+def test_a_wholly_skipped_mind2web_task_counts_as_zero(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Issue 8 item 10, through the runner: the skipped samples reach the Mind2Web summary, so a task
+    whose every screenshot is missing counts 0 instead of vanishing from the macro average."""
+    datasets = {"mind2web": mind2web(fixtures_dir, tmp_path / "data", write_png)}
+    data, images = datasets["mind2web"]
+    for line in (data / "cross_task_blocks.jsonl").read_text().splitlines():
+        shutil.rmtree(images / "cross_task" / json.loads(line)["blocks_path"])
+    result = run_cli(oracle_eval_args("mind2web", datasets, tmp_path / "runs"), monkeypatch, capsys)
+    assert result.code == 0, result.err
+    [summary] = summaries(tmp_path / "runs").values()
+    metrics = summary["metrics"]
+    assert (summary["samples_scored"], summary["samples_skipped"]) == (6, 3)
+    assert metrics["step_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["splits"]["cross_task"]["step_accuracy"] == 0.0
+    assert (metrics["total_tasks"], metrics["wholly_skipped_tasks"]) == (3, 1)
+    assert metrics["without_wholly_skipped_tasks"]["step_accuracy"] == 1.0
 
 
 def test_missing_screenshots_are_named_skipped_and_counted(

@@ -7,7 +7,8 @@ each such line with `ast` (never `eval`) as the original `extract_actions` does 
 - `click / moveTo / doubleClick / rightClick / tripleClick / dragTo` with `x=, y=` or positional,
   `computer.triple_click`;
 - `write(message=...)` (or positional, or `typewrite`);
-- `press` / `hotkey` with `keys=[...]` or positional keys; `cmd`/`command` become `ctrl`; a
+- `press` / `hotkey` with `keys=[...]` or positional keys, kept as written (`cmd` stays `cmd`: which
+  spellings name the same key is the metric's alias table's business, never the parser's); a
   `press` of several keys is a hotkey;
 - `scroll(n)` (and `hscroll(n)`): the signed amount is kept, the direction derived from it
   (positive = up, or right for `hscroll`), with the optional `x=, y=` anchor;
@@ -347,7 +348,7 @@ def _point(positional: list[Any], keywords: dict[str, Any], frame: tuple[int, in
 
 
 def _keys(name: str, positional: list[Any], keywords: dict[str, Any]) -> tuple[str, ...]:
-    """The keys of a press/hotkey (list or strings, keyword or positional), cmd/command -> ctrl."""
+    """The keys of a press/hotkey (list or strings, keyword or positional), stripped, never renamed."""
     if "keys" in keywords:
         raw = keywords["keys"]
     elif name == "hotkey" and len(positional) > 1:
@@ -358,7 +359,7 @@ def _keys(name: str, positional: list[Any], keywords: dict[str, Any]) -> tuple[s
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not all(isinstance(key, str) and key for key in raw):
         return ()
-    return tuple("ctrl" if key.strip().lower() in ("cmd", "command") else key.strip() for key in raw)
+    return tuple(key.strip() for key in raw)
 
 
 def _scroll(
@@ -414,10 +415,12 @@ def format_action(
     Writes `## Thought:` (when the action has one), `## Action:` (`extra["action_text"]` or the
     action type in words) and `## Code:` with a fenced block; points are integer pixels of the
     smart-resized screenshot. Round trip: `parse(format_action(a))` equals `a` up to the nearest
-    model pixel, at most 0.5/W' in x and 0.5/H' in y, except: a drag with a start point is written
-    `moveTo` + `dragTo` and so parses back as `[move_to, drag]` (the drag equal to `a`); a press of
-    several keys parses as a hotkey; a scroll without an amount gets ±5. An unparsed action
-    formats as its raw text.
+    model pixel, at most 0.5/W' in x and 0.5/H' in y, except where OpenCUA writes one action as two
+    calls: a drag with a start point is written `moveTo` + `dragTo` and so parses back as
+    `[move_to, drag]` (the drag equal to `a`); a `type` with a point is `click` + `write`
+    (`[click, type]`); typed text ending in a newline is `write(text)` + `press('enter')`
+    (`[type, press]`). A press of several keys parses as a hotkey; a scroll without an amount gets
+    ±5. An unparsed action formats as its raw text.
     """
     if action.type is ActionType.UNPARSED:
         return action.raw
@@ -442,7 +445,7 @@ def _code(action: Action, frame: tuple[int, int]) -> str:
     if kind in _CALLS:
         return f"{_CALLS[kind]}({_xy(action.require('point'), frame)})"
     if kind is ActionType.TYPE:
-        return f"pyautogui.write(message={action.text or ''!r})"
+        return _type_code(action, frame)
     if kind is ActionType.HOTKEY:
         return f"pyautogui.hotkey(keys={list(action.keys)!r})"
     if kind is ActionType.PRESS:
@@ -454,6 +457,17 @@ def _code(action: Action, frame: tuple[int, int]) -> str:
         status = "" if action.text is None else f"status={action.text!r}"
         return f"computer.terminate({status})"
     return f"computer.open_app(app_name={action.text or ''!r})"
+
+
+def _type_code(action: Action, frame: tuple[int, int]) -> str:
+    """`pyautogui.write`, after a click on the action's point when it has one, and with a trailing
+    newline written as `press('enter')`, as OpenCUA submits text."""
+    text = action.text or ""
+    submit = text.endswith("\n")
+    typed = text[:-1] if submit else text
+    click = f"pyautogui.click({_xy(action.point, frame)})\n" if action.point is not None else ""
+    enter = "\npyautogui.press('enter')" if submit else ""
+    return f"{click}pyautogui.write(message={typed!r}){enter}"
 
 
 def _xy(point: Point, frame: tuple[int, int]) -> str:

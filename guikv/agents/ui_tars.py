@@ -14,7 +14,8 @@ but cannot be wrapped as-is:
 - it prints to stdout on every failure.
 
 So this module parses the same grammar itself, with the same conventions: the action text follows
-`Action:`; several actions are separate calls (one per line, the original splits on `")\\n\\n"`);
+`Action:`; several actions are separate calls (one per line, the original splits on `")\\n\\n"`),
+and a line inside a call's quoted string is part of the string even when it starts like a call;
 each call is read with `ast` (never `eval`), falling back to a quote-tolerant reader for the
 unescaped quotes and raw newlines models emit; a point is divided by the smart-resized size, and a
 four-number box gives its centre (the official parser cannot read boxes at all). Unlike
@@ -343,8 +344,8 @@ def parse(
     thought_match = _THOUGHT.search(head)
     thought = thought_match.group(1).strip() if thought_match else ""
     actions: list[Action] = []
-    for name, arg_text in _split_calls(action_text):
-        fields = _to_fields(name, _read_args(name, arg_text), frame)
+    for name, args in _read_calls(action_text):
+        fields = _to_fields(name, args, frame)
         if fields is None:
             actions.append(Action.unparsed(text))
         else:
@@ -368,22 +369,61 @@ def _split_action(body: str) -> tuple[str, str | None]:
     return body, None
 
 
-def _split_calls(action_text: str) -> list[tuple[str, str]]:
-    """(function name, argument text) for each call that starts a line of the action text.
+def _read_calls(action_text: str) -> list[tuple[str, dict[str, str] | None]]:
+    """(function name, its arguments or None if unreadable) for each call of the action text.
 
-    The argument text runs to the segment's last `)` (or its end, for a truncated output).
+    A call starts a line (`name(`) and runs to the next such line. Quoted strings are strings: a
+    raw newline inside `type(content='...')` may be followed by a line that merely starts like a
+    call (`print(x)`), which cuts the call in two unreadable pieces. So when a call cannot be read
+    and leaves a quote open, the lines after it up to the one that closes the quote are joined to
+    it, if the joined text reads as one call whose quoted argument holds the newline. Each line is
+    scanned once, so a degenerate output stays linear.
     """
     text = action_text.strip().strip("`").strip()
     starts = list(_CALL_START.finditer(text))
     if not starts or text[: starts[0].start()].strip():
         return []
-    calls = []
-    for index, start in enumerate(starts):
-        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
-        segment = text[start.end() : end].rstrip()
-        close = segment.rfind(")")
-        calls.append((start.group(1), segment[:close] if close >= 0 else segment))
+    ends = [start.start() for start in starts[1:]] + [len(text)]
+    calls: list[tuple[str, dict[str, str] | None]] = []
+    index = 0
+    while index < len(starts):
+        name, begin = starts[index].group(1), starts[index].end()
+        args, following = _read_args(name, _arguments(text[begin : ends[index]])), index + 1
+        quote = _open_quote(text[begin : ends[index]]) if args is None else None
+        last = index
+        while quote is not None and last + 1 < len(starts):
+            last += 1
+            quote = _open_quote(text[ends[last - 1] : ends[last]], quote)
+        if quote is None and last > index:
+            joined = _read_args(name, _arguments(text[begin : ends[last]]))
+            if joined is not None and any("\n" in value for value in joined.values()):
+                args, following = joined, last + 1
+        calls.append((name, args))
+        index = following
     return calls
+
+
+def _open_quote(text: str, quote: str | None = None) -> str | None:
+    """The quote character still open at the end of `text` (None: every string is closed), reading
+    from a state where `quote` is open; a backslash inside a string escapes the next character."""
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quote is not None and char == "\\":
+            escaped = True
+        elif quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
+    return quote
+
+
+def _arguments(segment: str) -> str:
+    """A call's argument text: its segment up to the last `)` (or all of it, for a truncated output)."""
+    segment = segment.rstrip()
+    close = segment.rfind(")")
+    return segment[:close] if close >= 0 else segment
 
 
 def _read_args(name: str, arg_text: str) -> dict[str, str] | None:
@@ -508,14 +548,19 @@ def format_action(
     Writes `Thought: ...` (when the action has one) and `Action: name(...)`, with points as
     integer `<point>x y</point>` in smart-resized pixels. Round trip: `parse(format_action(a))`
     gives one action equal to `a` except that each coordinate moves to the nearest model pixel, by
-    at most 0.5/W' in x and 0.5/H' in y (W', H' from `model_image_size`). A scroll's signed
-    `amount` is not expressible (its direction is). An unparsed action formats as its raw text.
+    at most 0.5/W' in x and 0.5/H' in y (W', H' from `model_image_size`), and except that a `type`
+    with a point is written as UI-TARS types into an element, `click(point)` then `type(content)`
+    (its `type` takes no point), and so parses back as [click, type]. A scroll's signed `amount` is
+    not expressible (its direction is). An unparsed action formats as its raw text.
     """
     if action.type is ActionType.UNPARSED:
         return action.raw
     frame = model_image_size(*image_size, min_pixels=min_pixels, max_pixels=max_pixels)
     args: list[str] = []
-    if action.type is ActionType.DRAG:
+    calls: list[str] = []
+    if action.type is ActionType.TYPE and action.point is not None:
+        calls.append(f"click(point={_point_arg(action.point, frame)})")
+    elif action.type is ActionType.DRAG:
         if action.point is not None:
             args.append(f"start_point={_point_arg(action.point, frame)}")
         args.append(f"end_point={_point_arg(action.require('end_point'), frame)}")
@@ -533,7 +578,8 @@ def format_action(
         args.append(f"content={_quote(action.text)}")
     elif action.type is ActionType.OPEN_APP:
         args.append(f"app_name={_quote(action.text or '')}")
-    call = f"{_TYPE_TO_NAME[action.type]}({', '.join(args)})"
+    calls.append(f"{_TYPE_TO_NAME[action.type]}({', '.join(args)})")
+    call = "\n\n".join(calls)
     return f"Thought: {action.thought}\nAction: {call}" if action.thought else f"Action: {call}"
 
 
