@@ -128,14 +128,18 @@ def history_similarity(
     hidden_states: torch.Tensor, current: Span, previous: tuple[Span, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rho_i = max_j cos(h_i, h_j) of every earlier-screenshot token i over the current screenshot's
-    tokens j, in bounded chunks: (rho [B, N_hist], absolute positions [N_hist])."""
+    tokens j, in bounded chunks: (rho [B, N_hist], absolute positions [N_hist]).
+
+    The unit vectors are formed in fp32 and multiplied in the hidden states' own dtype, as the
+    release does (bf16 on GPU: the N_hist x N_cur x D product is the method's largest cost)."""
     positions = torch.cat([torch.arange(s, e, device=hidden_states.device) for s, e in previous])
-    now = F.normalize(hidden_states[:, current[0] : current[1]].float(), dim=-1)
-    earlier = F.normalize(hidden_states[:, positions].float(), dim=-1)
+    dtype = hidden_states.dtype
+    now = F.normalize(hidden_states[:, current[0] : current[1]].float(), dim=-1).to(dtype)
+    earlier = F.normalize(hidden_states[:, positions].float(), dim=-1).to(dtype)
     rows = max(1, SIMILARITY_CHUNK_ELEMENTS // max(1, now.shape[0] * now.shape[1]))
     rho = torch.cat(
         [
-            (earlier[:, i : i + rows] @ now.transpose(1, 2)).amax(dim=-1)
+            (earlier[:, i : i + rows] @ now.transpose(1, 2)).amax(dim=-1).float()
             for i in range(0, positions.numel(), rows)
         ],
         dim=1,
