@@ -113,7 +113,9 @@ class StarKV(SnapKV):
     history frames), except its entropy-temperature EMA, which leaks across samples (harmless at its
     default smoothing 0); ours resets with everything else. `star_kv_prior_lambda=0` means no prior
     (the release silently turned a 0 into 0.5). `head_aggregation` does not apply: STaR-KV's own
-    group means and head mean are the aggregation.
+    group means and head mean are the aggregation. A prompt the budget keeps whole is not scored, so
+    it does not advance the state (the release scores it, then keeps everything). Like every method
+    here, a capacity below window + 1 is refused where the release shrank the window to C - 2.
     """
 
     name: ClassVar[str] = "star_kv"
