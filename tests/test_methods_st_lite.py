@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guikv import select_tokens
-from guikv.methods.base import keep_top
+from guikv import CompressionConfig, TokenLayout, select_tokens
+from guikv.methods import build_method
+from guikv.methods.base import LayerContext, keep_top
 from guikv.methods.st_lite import neighbour_dissimilarity, pooled_norm_saliency, redundant_history
 
 WINDOW = 8
@@ -132,11 +133,6 @@ def test_st_lite_gate_zeroes_exactly_int_1_minus_c_over_l_of_the_most_similar_hi
 
 def test_st_lite_scores_are_zero_on_gated_tokens_in_every_head():
     q, k, x = random_layer(seed=4, heads=4, kv_heads=2)
-    from guikv.config import CompressionConfig
-    from guikv.layout import TokenLayout
-    from guikv.methods import build_method
-    from guikv.methods.base import LayerContext
-
     method = build_method(CompressionConfig(method="st_lite"))
     ctx = LayerContext(
         keys=k, layout=TokenLayout(160, tuple(SQUARE)), capacity=32, queries=q, hidden_states=x

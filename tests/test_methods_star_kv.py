@@ -16,6 +16,8 @@ from guikv import CompressionConfig, compress, select_tokens
 from guikv.layout import TokenLayout
 from guikv.methods import build_method
 from guikv.methods.base import LayerContext
+from guikv.methods.gui_kv import spatial_saliency
+from guikv.methods.snapkv import SnapKV
 from guikv.methods.star_kv import StarKVState, mutual_information, position_bins
 
 WINDOW = 8
@@ -377,3 +379,17 @@ def test_compress_keeps_one_profile_per_context_and_reports_it(tiny_sdpa, make_i
     with compress(model, CompressionConfig(method="gui_kv", budget=20)) as stateless:
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert stateless.method_state is None
+
+
+def test_a_fresh_state_with_one_screenshot_is_shared_head_mean_snapkv_plus_saliency():
+    """What the release ran on ScreenSpot, where it resets the state before every sample: the first
+    prefill has lambda_eff 0, one screenshot has no temporal term, and sharpening ranks nothing, so
+    STaR-KV is the top-k of the head mean of SnapKV + GUI-KV saliency, shared by all heads."""
+    q, k, x = next(prefills(seed=12, heads=6, kv_heads=2, count=1))
+    span = [(220, 640)]
+    keep = select_tokens("star_kv", queries=q, keys=k, hidden_states=x, image_spans=span, capacity=120)
+    pooled = SnapKV().window_scores(context(q, k, x, 120, spans=span), WINDOW)
+    pooled[..., 220:640] += 2.0 * spatial_saliency(x, (220, 640), 3.5)[:, None]
+    top = pooled.mean(dim=1).topk(120 - WINDOW).indices.sort().values[0]
+    expected = torch.cat([top, torch.arange(LENGTH - WINDOW, LENGTH)])
+    assert all(torch.equal(keep[0, head], expected) for head in range(2))
