@@ -62,10 +62,12 @@ class TokenLayout:
         position_ids: torch.Tensor | None = None,
     ) -> TokenLayout:
         """This layout with the grids a prefill's inputs tell: from `image_grid_thw` (Qwen2.5-VL
-        before transformers 5.24; OpenCUA's `grid_thws`) and the vision tower's merge size, else from
-        M-RoPE `position_ids` (transformers >= 5.24 encodes images inside `generate()`, so the model
-        forward no longer receives the grids); unchanged when neither is given."""
-        if image_grid_thw is not None and merge_size:
+        before transformers 5.24; OpenCUA's `grid_thws`) and the vision tower's merge size when it
+        lists one image per span, else from M-RoPE `position_ids` (transformers >= 5.24 encodes
+        images inside `generate()`, so the model forward no longer receives the grids); unchanged
+        when neither tells (e.g. a prompt that also holds videos). A grid whose size does not fit
+        its span raises."""
+        if image_grid_thw is not None and merge_size and len(image_grid_thw) == len(self.image_spans):
             return self.with_grids(grids_from_thw(image_grid_thw, merge_size))
         grids = grids_from_positions(position_ids, self.image_spans) if position_ids is not None else None
         return self.with_grids(grids) if grids is not None and self.image_spans else self

@@ -371,6 +371,13 @@ def test_grids_come_from_image_grid_thw_or_mrope_positions():
     assert layout.with_grids_from(position_ids=positions).grids == ((2, 3),)
     assert layout.with_grids_from(image_grid_thw=torch.tensor([[1, 6, 4]]), merge_size=2).grids == ((3, 2),)
     assert layout.with_grids_from() == layout
+    two_images = torch.tensor([[1, 6, 4], [1, 4, 4]])
+    assert layout.with_grids_from(image_grid_thw=two_images, merge_size=2, position_ids=positions).grids == (
+        (2, 3),
+    )
+    assert layout.with_grids_from(image_grid_thw=two_images, merge_size=2) == layout
+    with pytest.raises(ValueError, match="does not fit"):
+        layout.with_grids_from(image_grid_thw=torch.tensor([[1, 8, 4]]), merge_size=2)
 
 
 def test_compress_reads_each_screenshot_grid_at_prefill(tiny_sdpa, make_inputs):
