@@ -32,7 +32,7 @@ from guikv.attention import check_attention_module, verify_window_queries, windo
 from guikv.cache import cut_layer, fix_mask_length, kv_bytes, physical_length
 from guikv.config import CompressionConfig
 from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
-from guikv.layout import TokenLayout
+from guikv.layout import TokenLayout, spatial_merge_size
 from guikv.methods import build_method
 from guikv.methods.base import LayerContext
 from guikv.methods.vlcache import LayerStatistics, VLCache, allocate_budgets
@@ -60,11 +60,13 @@ class CompressionReport:
 
     `prefills` holds one record per `generate()`/prefill made inside the context. With
     `record_positions=True`, each record also keeps the kept positions per layer ([H_kv, kept],
-    on the CPU) for pictures of what was kept.
+    on the CPU) for pictures of what was kept. `method_state` is a stateful method's state (STaR-KV's
+    per-layer online profile), live while the context runs; None for stateless methods.
     """
 
     config: CompressionConfig
     layout: TokenLayout | None = None
+    method_state: Any = None
     prefills: list[PrefillRecord] = field(default_factory=list)
 
     def _last(self) -> PrefillRecord:
@@ -156,7 +158,9 @@ class _Hooks:
             check_attention_module(self.attentions[0])
         self.record_positions = record_positions
         self.chunked_prefill = chunked_prefill
-        self.report = CompressionReport(config=config)
+        self.report = CompressionReport(config=config, method_state=getattr(self.method, "state", None))
+        self.merge_size = spatial_merge_size(model.config)
+        self.prompt_grids: dict[str, Any] = {}
         self.pending: list[tuple[int, LayerContext, LayerStatistics]] = []
         self.chunks: _PromptChunks | None = None
         self.prompt_ids: torch.Tensor | None = None
@@ -207,12 +211,27 @@ class _Hooks:
                 "run one sample per generate() call"
             )
         self.prompt_ids = input_ids
+        self.prompt_grids = {
+            "image_grid_thw": kwargs.get("image_grid_thw", kwargs.get("grid_thws")),
+            "position_ids": kwargs.get("position_ids"),
+        }
         self.report.layout = (
             self.adapter.prompt_layout(self.model_config, input_ids, kwargs)
             if input_ids is not None
             else None
         )
         self.chunks = _PromptChunks(cache) if self.chunked_prefill else None
+        if self.chunks is None:
+            self._attach_grids()
+
+    def _attach_grids(self) -> None:
+        """Give the whole prompt's layout each screenshot's merged-token grid (from the prefill's
+        `image_grid_thw` / `grid_thws`, or its M-RoPE position ids); a grid that does not fit its
+        span raises."""
+        if self.report.layout is not None:
+            self.report.layout = self.report.layout.with_grids_from(
+                **self.prompt_grids, merge_size=self.merge_size
+            )
 
     def _extend_prompt(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> None:
         if self.adapter.layout_builder is not None:
@@ -220,6 +239,12 @@ class _Hooks:
                 f"compress(chunked_prefill=True): {self.model_name} expands its image placeholders inside "
                 "its own forward, so its prompt cannot be prefilled in chunks: drop prefill_chunk_size"
             )
+        position_ids = kwargs.get("position_ids")
+        positions = self.prompt_grids.get("position_ids")
+        joinable = (
+            positions is not None and position_ids is not None and positions.dim() == position_ids.dim()
+        )
+        self.prompt_grids["position_ids"] = torch.cat([positions, position_ids], dim=-1) if joinable else None
         if input_ids is None or self.prompt_ids is None:
             self.prompt_ids = None
             self.report.layout = None
@@ -233,6 +258,7 @@ class _Hooks:
         if chunks is None or not chunks.layers:
             return
         chunks.cache = None
+        self._attach_grids()
         for index in sorted(chunks.layers):
             self._score_layer(chunks.whole(index))
         self.cut_before_decode = True

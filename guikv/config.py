@@ -12,16 +12,57 @@ from typing import Any
 
 import yaml
 
-METHODS: tuple[str, ...] = ("full", "snapkv", "pyramidkv", "vlcache", "gui_kv", "streamingllm", "random")
+METHODS: tuple[str, ...] = (
+    "full",
+    "snapkv",
+    "pyramidkv",
+    "vlcache",
+    "gui_kv",
+    "st_lite",
+    "star_kv",
+    "streamingllm",
+    "random",
+)
 """Every method name `compress` and `select_tokens` accept."""
 
 POOLINGS = ("avgpool", "maxpool")
 HEAD_AGGREGATIONS = ("mean", "max")
 SUBSPACES = ("qr", "svd")
+ST_LITE_VARIANTS = ("code", "paper")
 
 
 def _fail(field: str, value: object, expected: str) -> None:
     raise ValueError(f"CompressionConfig.{field}={value!r} is invalid: expected {expected}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(config: object, field: str, minimum: int) -> None:
+    value = getattr(config, field)
+    if not _is_int(value) or value < minimum:
+        _fail(field, value, f"an integer >= {minimum}")
+
+
+def _check_number(config: object, field: str, low: float, high: float, *, open_high: bool = False) -> None:
+    """A number in [low, high] (or [low, high) with open_high; high may be infinite)."""
+    value = getattr(config, field)
+    inside = _is_number(value) and low <= value and (value < high if open_high else value <= high)
+    if not inside and high == float("inf"):
+        _fail(field, value, f"a number >= {low:g}")
+    if not inside:
+        _fail(field, value, f"a number in [{low:g}, {high:g}{')' if open_high else ']'}")
+
+
+def _check_bool(config: object, field: str) -> None:
+    value = getattr(config, field)
+    if not isinstance(value, bool):
+        _fail(field, value, "true or false")
 
 
 @dataclass(frozen=True)
@@ -30,10 +71,16 @@ class CompressionConfig:
 
     `budget` is the percentage of the prompt's tokens (text and image) kept per layer, the
     observation window included; the defaults are the paper's (window 8, avg-pool kernel 5,
-    alpha 2, temperature 3.5, rank 32). `verify=True` is a debug mode: once per `compress()`, the
-    rebuilt window queries are checked against the attention kernel's own output on the first
-    layer (w rows), so a model whose queries guikv cannot rebuild raises. Every field is validated
-    on construction: a bad value raises `ValueError` naming the field and the allowed values.
+    alpha 2, temperature 3.5, rank 32; `alpha` and `temperature` are shared by GUI-KV and STaR-KV).
+    Method-specific knobs carry the method's name: `st_lite_variant` ("code", what the ST-Lite
+    release computes, or "paper"), and `star_kv_*`, STaR-KV's release defaults
+    (`examples/repro_ssp_kv.sh`): the MI prior (lambda, online profile steps, EMA decay, softmax tau,
+    lambda ramp, position and value bins), the temporal discount (on, delta, rho, eps, discount
+    floor, warm-up) and the entropy sharpening (on, scale range, smoothing). `verify=True` is a
+    debug mode: once per `compress()`, the rebuilt window queries are checked against the attention
+    kernel's own output on the first layer (w rows), so a model whose queries guikv cannot rebuild
+    raises. Every field is validated on construction: a bad value raises `ValueError` naming the
+    field and the allowed values.
     """
 
     method: str = "gui_kv"
@@ -50,6 +97,24 @@ class CompressionConfig:
     sparsity_threshold: float = 0.01
     sink_tokens: int = 4
     seed: int = 0
+    st_lite_variant: str = "code"
+    star_kv_prior_lambda: float = 0.5
+    star_kv_profile_steps: int = 5
+    star_kv_profile_decay: float = 0.9
+    star_kv_profile_tau: float = 1.0
+    star_kv_lambda_ramp: int = 10
+    star_kv_mi_position_bins: int = 12
+    star_kv_mi_value_bins: int = 16
+    star_kv_temporal: bool = True
+    star_kv_temporal_delta: float = 0.1
+    star_kv_temporal_rho: float = 0.9
+    star_kv_temporal_eps: float = 0.0
+    star_kv_discount_min: float = 0.0
+    star_kv_temporal_warmup: int = 0
+    star_kv_entropy: bool = True
+    star_kv_entropy_min_scale: float = 0.75
+    star_kv_entropy_max_scale: float = 1.25
+    star_kv_entropy_smooth: float = 0.0
     verify: bool = False
 
     def __post_init__(self) -> None:
@@ -79,8 +144,34 @@ class CompressionConfig:
             _fail("sparsity_threshold", self.sparsity_threshold, "a number in (0, 1)")
         if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
             _fail("sink_tokens", self.sink_tokens, "an integer >= 0")
-        if not isinstance(self.verify, bool):
-            _fail("verify", self.verify, "true or false")
+        self._validate_frontier_knobs()
+        _check_bool(self, "verify")
+
+    def _validate_frontier_knobs(self) -> None:
+        """ST-Lite's and STaR-KV's knobs (the release's falsy-default quirks are not kept: a 0
+        here means 0, where the release silently replaced lambda 0 by 0.5 and decay 0 by 0.9)."""
+        if self.st_lite_variant not in ST_LITE_VARIANTS:
+            _fail("st_lite_variant", self.st_lite_variant, f"one of {', '.join(ST_LITE_VARIANTS)}")
+        inf = float("inf")
+        _check_number(self, "star_kv_prior_lambda", 0, 1)
+        _check_int(self, "star_kv_profile_steps", 0)
+        _check_number(self, "star_kv_profile_decay", 0, 1, open_high=True)
+        if not _is_number(self.star_kv_profile_tau) or self.star_kv_profile_tau <= 0:
+            _fail("star_kv_profile_tau", self.star_kv_profile_tau, "a number > 0")
+        _check_int(self, "star_kv_lambda_ramp", 1)
+        _check_int(self, "star_kv_mi_position_bins", 1)
+        _check_int(self, "star_kv_mi_value_bins", 2)
+        _check_bool(self, "star_kv_temporal")
+        _check_number(self, "star_kv_temporal_delta", 0, inf, open_high=True)
+        _check_number(self, "star_kv_temporal_rho", 0, 1, open_high=True)
+        _check_number(self, "star_kv_temporal_eps", 0, 1)
+        _check_number(self, "star_kv_discount_min", 0, 1)
+        _check_int(self, "star_kv_temporal_warmup", 0)
+        _check_bool(self, "star_kv_entropy")
+        if not _is_number(self.star_kv_entropy_min_scale) or self.star_kv_entropy_min_scale <= 0:
+            _fail("star_kv_entropy_min_scale", self.star_kv_entropy_min_scale, "a number > 0")
+        _check_number(self, "star_kv_entropy_max_scale", self.star_kv_entropy_min_scale, inf, open_high=True)
+        _check_number(self, "star_kv_entropy_smooth", 0, 1, open_high=True)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dictionary (for JSON/YAML and run-directory names)."""

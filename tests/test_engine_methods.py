@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guikv import METHODS, CompressionConfig, TokenLayout, select_tokens
+from guikv import METHODS, CompressionConfig, TokenLayout, compress, select_tokens
+from guikv.layout import grids_from_positions, grids_from_thw, spatial_merge_size
 from guikv.methods.gui_kv import projection_residuals, redundant_positions, spatial_saliency
 from guikv.methods.vlcache import allocate_budgets
 
@@ -251,6 +252,25 @@ def test_token_layout_finds_every_image_run():
         ("rank", 0, ">= 1"),
         ("subspace", "pca", "qr"),
         ("sparsity_threshold", 1.5, r"\(0, 1\)"),
+        ("st_lite_variant", "both", "code, paper"),
+        ("star_kv_prior_lambda", 1.5, r"\[0, 1\]"),
+        ("star_kv_profile_steps", -1, ">= 0"),
+        ("star_kv_profile_steps", 2.5, ">= 0"),
+        ("star_kv_profile_decay", 1.0, r"\[0, 1\)"),
+        ("star_kv_profile_tau", 0.0, "> 0"),
+        ("star_kv_lambda_ramp", 0, ">= 1"),
+        ("star_kv_mi_position_bins", 0, ">= 1"),
+        ("star_kv_mi_value_bins", 1, ">= 2"),
+        ("star_kv_temporal", 1, "true or false"),
+        ("star_kv_temporal_delta", -0.1, ">= 0"),
+        ("star_kv_temporal_rho", 1.0, r"\[0, 1\)"),
+        ("star_kv_temporal_eps", 1.5, r"\[0, 1\]"),
+        ("star_kv_discount_min", -0.5, r"\[0, 1\]"),
+        ("star_kv_temporal_warmup", -1, ">= 0"),
+        ("star_kv_entropy", "yes", "true or false"),
+        ("star_kv_entropy_min_scale", 0.0, "> 0"),
+        ("star_kv_entropy_max_scale", 0.5, ">= 0.75"),
+        ("star_kv_entropy_smooth", 1.0, r"\[0, 1\)"),
     ],
 )
 def test_invalid_configurations_name_the_field_and_the_allowed_values(field, value, allowed):
@@ -262,6 +282,43 @@ def test_config_round_trips_through_yaml(tmp_path):
     config = CompressionConfig(method="pyramidkv", budget=5.0, window_size=16)
     config.to_yaml(tmp_path / "c.yaml")
     assert CompressionConfig.from_yaml(tmp_path / "c.yaml") == config
+    frontier = [
+        CompressionConfig(method="st_lite", st_lite_variant="paper"),
+        CompressionConfig(
+            method="star_kv",
+            star_kv_prior_lambda=0.25,
+            star_kv_profile_steps=3,
+            star_kv_profile_decay=0.5,
+            star_kv_profile_tau=2.0,
+            star_kv_lambda_ramp=4,
+            star_kv_mi_position_bins=8,
+            star_kv_mi_value_bins=10,
+            star_kv_temporal=False,
+            star_kv_temporal_delta=0.3,
+            star_kv_temporal_rho=0.5,
+            star_kv_temporal_eps=0.1,
+            star_kv_discount_min=0.2,
+            star_kv_temporal_warmup=2,
+            star_kv_entropy=False,
+            star_kv_entropy_min_scale=0.9,
+            star_kv_entropy_max_scale=1.1,
+            star_kv_entropy_smooth=0.5,
+        ),
+    ]
+    for config in frontier:
+        config.to_yaml(tmp_path / "f.yaml")
+        assert CompressionConfig.from_yaml(tmp_path / "f.yaml") == config
+
+
+def test_every_method_knob_reaches_the_method():
+    """A method field takes the config field of its name: the frontier methods' knobs arrive."""
+    from guikv.methods import build_method
+
+    assert (
+        build_method(CompressionConfig(method="st_lite", st_lite_variant="paper")).st_lite_variant == "paper"
+    )
+    star = build_method(CompressionConfig(method="star_kv", star_kv_temporal_rho=0.5, alpha=1.0))
+    assert (star.star_kv_temporal_rho, star.alpha, star.star_kv_entropy_max_scale) == (0.5, 1.0, 1.25)
     with pytest.raises(ValueError, match=r"unknown CompressionConfig key.*budgte"):
         CompressionConfig.from_dict({"budgte": 5})
 
@@ -282,3 +339,85 @@ def test_select_tokens_rejects_bad_calls():
         select_tokens("snapkv", queries=q, keys=k, capacity=10, beta=2)
     with pytest.raises(ValueError, match="window rows"):
         select_tokens("vlcache", queries=q, keys=k, image_spans=[(0, 50)], capacity=20)
+
+
+def test_token_layout_carries_one_checked_grid_per_image():
+    layout = TokenLayout(20, ((2, 8), (10, 16)))
+    assert layout.grid(-1) is None
+    gridded = layout.with_grids([(2, 3), (3, 2)])
+    assert gridded.grids == ((2, 3), (3, 2)) and gridded.grid(-1) == (3, 2) and gridded.grid(0) == (2, 3)
+    assert layout.with_grids([None, (2, 3)]).grid(0) is None
+    with pytest.raises(ValueError, match=r"1 image grid.*for 2 image span"):
+        layout.with_grids([(2, 3)])
+    with pytest.raises(ValueError, match=r"image grid 2x2 does not fit the image span \[2, 8\) of 6 tokens"):
+        layout.with_grids([(2, 2), (2, 3)])
+
+
+def test_grids_come_from_image_grid_thw_or_mrope_positions():
+    thw = torch.tensor([[1, 26, 46], [2, 4, 6]])
+    assert grids_from_thw(thw, 2) == ((13, 23), None)
+    positions = torch.zeros(3, 1, 12, dtype=torch.long)
+    positions[:, 0, :2] = torch.arange(2)
+    rows, cols = torch.meshgrid(torch.arange(2), torch.arange(3), indexing="ij")
+    positions[0, 0, 2:8] = 2
+    positions[1, 0, 2:8] = rows.reshape(-1) + 2
+    positions[2, 0, 2:8] = cols.reshape(-1) + 2
+    positions[:, 0, 8:] = torch.arange(5, 9)
+    assert grids_from_positions(positions, [(2, 8)]) == ((2, 3),)
+    with_text_row = torch.cat([torch.arange(12).view(1, 1, 12), positions])
+    assert grids_from_positions(with_text_row, [(2, 8)]) == ((2, 3),)
+    assert grids_from_positions(torch.arange(12).view(1, 12), [(2, 8)]) is None
+    layout = TokenLayout(12, ((2, 8),))
+    assert layout.with_grids_from(position_ids=positions).grids == ((2, 3),)
+    assert layout.with_grids_from(image_grid_thw=torch.tensor([[1, 6, 4]]), merge_size=2).grids == ((3, 2),)
+    assert layout.with_grids_from() == layout
+    two_images = torch.tensor([[1, 6, 4], [1, 4, 4]])
+    assert layout.with_grids_from(image_grid_thw=two_images, merge_size=2, position_ids=positions).grids == (
+        (2, 3),
+    )
+    assert layout.with_grids_from(image_grid_thw=two_images, merge_size=2) == layout
+    with pytest.raises(ValueError, match="does not fit"):
+        layout.with_grids_from(image_grid_thw=torch.tensor([[1, 8, 4]]), merge_size=2)
+
+
+def test_compress_reads_each_screenshot_grid_at_prefill(tiny_sdpa, make_inputs):
+    """Through generate() (transformers >= 5.24 encodes images before the forward, which then sees
+    M-RoPE positions only) and through a plain forward (which sees image_grid_thw)."""
+    model, processor = tiny_sdpa
+    inputs = make_inputs(processor, 2, size=(640, 360))
+    assert spatial_merge_size(model.config) == 2
+    expected = tuple((h // 2, w // 2) for _, h, w in inputs["image_grid_thw"].tolist())
+    assert expected[0][0] != expected[0][1]
+    config = CompressionConfig(method="st_lite", budget=20)
+    with compress(model, config) as generated:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    with torch.no_grad(), compress(model, config) as forward:
+        model(**inputs, use_cache=True)
+    assert generated.layout.grids == forward.layout.grids == expected
+    assert generated.layout.image_spans == forward.layout.image_spans
+
+
+@pytest.mark.parametrize("method", ["st_lite", "star_kv"])
+def test_chunked_prefill_of_screenshots_equals_the_unchunked_run_for_the_frontier_methods(
+    tiny_eager, make_inputs, method: str
+):
+    generation = pytest.importorskip("transformers.generation.utils")
+    if not hasattr(generation, "_slice_mm_encoder_output"):
+        pytest.skip("this transformers cannot chunk a multimodal prefill")
+    model, processor = tiny_eager
+    inputs = make_inputs(processor, 2)
+    config = CompressionConfig(method=method, budget=20)
+    settings = {"max_new_tokens": 4, "do_sample": False, "return_dict_in_generate": True}
+    with compress(model, config, record_positions=True) as whole:
+        reference = model.generate(**inputs, **settings)
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    chunk_inputs = {key: value for key, value in inputs.items() if key != "pixel_values"}
+    with compress(model, config, record_positions=True, chunked_prefill=True) as chunked:
+        out = model.generate(
+            **chunk_inputs, mm_encoder_outputs={"image": features}, prefill_chunk_size=128, **settings
+        )
+    assert chunked.layout == whole.layout and whole.layout.grids
+    for kept, expected in zip(chunked.kept_positions, whole.kept_positions, strict=True):
+        assert torch.equal(kept, expected)
+    assert torch.equal(out.sequences, reference.sequences)

@@ -118,7 +118,7 @@ def test_a_chunk_continuing_an_already_cut_prompt_is_refused():
         )
 
 
-@pytest.mark.parametrize("method", ["gui_kv", "vlcache"])
+@pytest.mark.parametrize("method", ["gui_kv", "vlcache", "st_lite", "star_kv"])
 def test_chunked_prefill_of_screenshots_equals_the_unchunked_run(tiny_eager, make_inputs, method: str):
     """Screenshots split across chunks (pre-encoded image features, as transformers requires for a
     chunked multimodal prefill): the same layout, kept positions and tokens as one prefill."""
