@@ -74,7 +74,7 @@ from torch import nn
 from transformers import BatchFeature, PretrainedConfig
 
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS
-from guikv.layout import TokenLayout
+from guikv.layout import TokenLayout, grids_from_thw
 from guikv.models.inputs import Message
 
 MEDIA_BEGIN = "<|media_begin|>"
@@ -147,10 +147,16 @@ def prompt_layout(
     config: PretrainedConfig, input_ids: torch.Tensor, forward_kwargs: Mapping[str, Any]
 ) -> TokenLayout:
     """The layout the decoder layers see for an OpenCUA prompt: the placeholders expanded by the
-    images' `grid_thws` from the forward's keyword arguments (no images: the ids as they are)."""
+    images' `grid_thws` from the forward's keyword arguments, each span with its merged-token grid
+    (no images: the ids as they are)."""
     grids = forward_kwargs.get("grid_thws")
-    counts = tokens_per_image(grids, merge_size_of(config)) if grids is not None else []
-    return expanded_layout(input_ids, int(config.media_placeholder_token_id), counts)
+    if grids is None:
+        return expanded_layout(input_ids, int(config.media_placeholder_token_id), [])
+    merge = merge_size_of(config)
+    layout = expanded_layout(
+        input_ids, int(config.media_placeholder_token_id), tokens_per_image(grids, merge)
+    )
+    return layout.with_grids(grids_from_thw(grids, merge))
 
 
 def _with_pixel_range(messages: Sequence[Message], min_pixels: int, max_pixels: int) -> list[Message]:
