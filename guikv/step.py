@@ -22,6 +22,7 @@ from guikv.flops import Flops, ModelShape, decode_flops
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for
 from guikv.models.inputs import Message
+from guikv.recall import OracleMassProbe
 
 
 @dataclass
@@ -45,6 +46,7 @@ class StepResult:
     generated_ids: list[int] = field(default_factory=list)
     decode_step_seconds: list[float] = field(default_factory=list)
     first_decode_logits: torch.Tensor | None = None
+    oracle_mass: torch.Tensor | None = None
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -116,12 +118,19 @@ def run_step(
     max_new_tokens: int = 256,
     record_positions: bool = False,
     keep_first_decode_logits: bool = False,
+    oracle_mass: bool = False,
 ) -> StepResult:
-    """Generate greedily for one agent step under `config` and measure what it kept and cost."""
+    """Generate greedily for one agent step under `config` and measure what it kept and cost.
+
+    With `oracle_mass=True` (on a full cache) the result also carries the decode steps' attention
+    mass on each prompt position, [layers, H_kv, L] (`guikv.recall`); the probe's work then counts
+    in the decode times, so time steps without it."""
     adapter = adapter_for(model)
     inputs = adapter.build_inputs(processor, messages).to(model.device)
     clock = _ForwardClock(model.device)
     handle = model.register_forward_hook(clock, with_kwargs=True)
+    probe = OracleMassProbe(len(adapter.attention_modules(model))) if oracle_mass else None
+    probe_handles = probe.attach(adapter.attention_modules(model)) if probe is not None else []
     try:
         with torch.no_grad(), compress(model, config, record_positions=record_positions) as report:
             start = time.perf_counter()
@@ -134,6 +143,8 @@ def run_step(
             )
     finally:
         handle.remove()
+        for probe_handle in probe_handles:
+            probe_handle.remove()
     prompt_tokens = report.prompt_tokens
     generated = out.sequences[0, inputs["input_ids"].shape[1] :]
     shape = ModelShape.from_config(model.config)
@@ -160,4 +171,5 @@ def run_step(
         first_decode_logits=(
             out.logits[1][0].float().cpu() if keep_first_decode_logits and len(out.logits) > 1 else None
         ),
+        oracle_mass=probe.mass() if probe is not None else None,
     )
