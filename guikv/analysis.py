@@ -27,7 +27,8 @@ layer's input, exactly as compression scores them, so any attention implementati
 size work, chunk by chunk. `full_attention_counts` reads eager attention weights instead.
 
 For `guikv compare`, `compare_methods` runs one input under several (method, budget) pairs and
-measures each output's fidelity to the full cache (`token_agreement`, `kl_divergence`).
+measures each output's fidelity to the full cache (`token_agreement`, `kl_divergence`) and, on
+request, the share of the positions decoding needed that each method kept (`guikv.recall`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from guikv.config import CompressionConfig
 from guikv.hooks import LayerForward, attention_hooks
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for, text_config
+from guikv.recall import oracle_recall
 from guikv.step import StepResult, run_step
 
 KINDS: tuple[str, ...] = ("text", "previous", "current")
@@ -503,7 +505,8 @@ class Fidelity:
     `tokens` are the generated token ids, `agreement` their `token_agreement` with the full cache's,
     `exact_match` whether the texts are equal, `kl` KL(full || this) of the first decoding step's
     next-token distribution (None when either run stopped after one token), `action_match` whether
-    the first parsed actions are equal.
+    the first parsed actions are equal, `recall_per_layer` the oracle recall of each layer (mean
+    over KV heads; only when `compare_methods` was asked for it).
     """
 
     method: str
@@ -517,11 +520,18 @@ class Fidelity:
     kl: float | None = None
     action_match: bool | None = None
     action: str | None = None
+    recall_per_layer: list[float] | None = None
 
     @property
     def runnable(self) -> bool:
         """Whether the method could run at this budget."""
         return self.result is not None
+
+    @property
+    def recall(self) -> float | None:
+        """Oracle recall, mean over layers and KV heads (None when not measured)."""
+        layers = self.recall_per_layer
+        return statistics.fmean(layers) if layers else None
 
 
 def run_with_fidelity_probe(
@@ -530,12 +540,20 @@ def run_with_fidelity_probe(
     messages: Sequence[dict[str, Any]],
     config: CompressionConfig,
     max_new_tokens: int,
+    record_positions: bool = False,
 ) -> Fidelity:
-    """One step under `config`, with its output tokens and first decoding step's logits; a budget
-    smaller than the window becomes a not-runnable `Fidelity` instead of an error."""
+    """One step under `config`, with its output tokens and first decoding step's logits (and kept
+    positions, with `record_positions`); a budget smaller than the window becomes a not-runnable
+    `Fidelity` instead of an error."""
     try:
         result = run_step(
-            model, processor, messages, config, max_new_tokens=max_new_tokens, keep_first_decode_logits=True
+            model,
+            processor,
+            messages,
+            config,
+            max_new_tokens=max_new_tokens,
+            keep_first_decode_logits=True,
+            record_positions=record_positions,
         )
     except ValueError as error:
         if "fewer than window_size" not in str(error):
@@ -560,6 +578,7 @@ def compare_methods(
     action_key: Callable[[str], tuple[Any, ...]] | None = None,
     base: CompressionConfig | None = None,
     progress: Callable[[str, float], None] | None = None,
+    recall: bool = False,
 ) -> tuple[Fidelity, list[Fidelity]]:
     """Run one input with the full cache (once) and under every (method, budget) pair.
 
@@ -568,6 +587,10 @@ def compare_methods(
     tuple whose first item names the action (e.g. the first parsed action's fields); without it
     actions are not compared. `base` supplies the other config fields (window size, alpha, ...).
     `progress(method, budget)` is called before each run.
+
+    With `recall=True` every run also gets its oracle recall (`Fidelity.recall_per_layer`): one more
+    full-cache run, untimed so the reference's decode times stay clean, collects the decode steps'
+    attention mass, and each run's kept positions are measured against it (then dropped).
     """
     base_fields = (base or CompressionConfig()).to_dict()
 
@@ -575,11 +598,20 @@ def compare_methods(
         if progress:
             progress(method, budget)
         config = CompressionConfig(**{**base_fields, "method": method, "budget": budget})
-        return run_with_fidelity_probe(model, processor, messages, config, max_new_tokens)
+        return run_with_fidelity_probe(model, processor, messages, config, max_new_tokens, recall)
 
     reference = run("full", 100.0)
     if reference.result is None:
         raise ValueError(f"the full-cache run failed: {reference.reason}")
+    mass = None
+    if recall:
+        if progress:
+            progress("full (oracle attention)", 100.0)
+        config = CompressionConfig(**{**base_fields, "method": "full", "budget": 100.0})
+        oracle = run_step(model, processor, messages, config, max_new_tokens=max_new_tokens, oracle_mass=True)
+        mass = oracle.oracle_mass
+        reference.recall_per_layer = oracle_recall(reference.result.kept_positions, mass)
+        reference.result.kept_positions.clear()
     reference_key = action_key(reference.result.text) if action_key else None
     if reference_key:
         reference.action = str(reference_key[0])
@@ -592,9 +624,13 @@ def compare_methods(
                 reference.result,
                 tokens=reference.tokens,
                 decode_logits=reference.decode_logits,
+                recall_per_layer=reference.recall_per_layer,
             )
         else:
             fidelity = run(method, budget)
+            if mass is not None and fidelity.result is not None:
+                fidelity.recall_per_layer = oracle_recall(fidelity.result.kept_positions, mass)
+                fidelity.result.kept_positions.clear()
         if fidelity.result is not None:
             fidelity.agreement = token_agreement(reference.tokens, fidelity.tokens)
             fidelity.exact_match = fidelity.result.text == reference.result.text

@@ -7,7 +7,9 @@
   show their new numbers: only `summary.json` is read.
 - `guikv compare SCREENSHOT... --task TEXT --methods ... --budgets ...` runs one input under every
   (method, budget) pair and measures each output's fidelity to the full cache (run once): token
-  agreement, exact match, KL of the first decoding step, same parsed action, and the costs.
+  agreement, exact match, KL of the first decoding step, oracle recall (the share of the positions
+  the full cache's decode steps attended most that the method kept), same parsed action, and the
+  costs.
 
 The two forms never mix. Definitions of every column: docs/analysis.md.
 """
@@ -50,7 +52,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
 )
 """The keys a `summary.json` must have for its folder to count as a finished eval run."""
 
-DEFAULT_METHODS = "full,snapkv,pyramidkv,vlcache,gui_kv"
+DEFAULT_METHODS = "full,snapkv,pyramidkv,vlcache,gui_kv,st_lite,star_kv"
 DEFAULT_BUDGETS = "1,5,10,20,40"
 DEFAULT_OUTPUT = Path("guikv-compare")
 MIB = 2**20
@@ -433,6 +435,8 @@ def fidelity_row(fidelity: Any) -> dict[str, Any]:
         "token_agreement": fidelity.agreement,
         "exact_match": fidelity.exact_match,
         "kl_first_decode_step": fidelity.kl,
+        "oracle_recall": fidelity.recall,
+        "oracle_recall_per_layer": fidelity.recall_per_layer,
         "action": fidelity.action,
         "action_match": fidelity.action_match,
         "kept_per_layer": result.kept_per_layer,
@@ -448,13 +452,21 @@ def fidelity_row(fidelity: Any) -> dict[str, Any]:
 
 def fidelity_table(rows: Sequence[dict[str, Any]]) -> Table:
     """Fidelity of every pair to the full cache (first row): token agreement, exact match, KL of
-    the first decoding step, and whether the first parsed action is the same."""
-    headers = ("method", "budget", "token\nagreement", "exact\nmatch", "KL, 1st\ndecode step", "action")
+    the first decoding step, oracle recall, and whether the first parsed action is the same."""
+    headers = (
+        "method",
+        "budget",
+        "token\nagreement",
+        "exact\nmatch",
+        "KL, 1st\ndecode step",
+        "oracle\nrecall",
+        "action",
+    )
     table = compact_table("Fidelity to the full cache", headers)
     for row in rows:
         budget = f"{row['budget']:g}%"
         if not row["runnable"]:
-            table.add_row(row["method"], budget, "[yellow]not runnable[/]", "—", "—", "—")
+            table.add_row(row["method"], budget, "[yellow]not runnable[/]", "—", "—", "—", "—")
             continue
         kl = row["kl_first_decode_step"]
         match = row["action_match"]
@@ -464,6 +476,7 @@ def fidelity_table(rows: Sequence[dict[str, Any]]) -> Table:
             percent(row["token_agreement"]),
             "yes" if row["exact_match"] else "no",
             "—" if kl is None else f"{kl:.2e}",
+            percent(row["oracle_recall"]),
             row["action"] if match is None else ("same" if match else "differs"),
         )
     return table
@@ -536,6 +549,37 @@ def fidelity_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], ou
     return plot_panels(panels, output / "fidelity_vs_budget.png", "Fidelity to the full cache")
 
 
+def recall_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], output: Path) -> Path:
+    """Oracle recall against budget, one line per method, with what keeping positions at random
+    would recall on average (the budget itself) as a dotted diagonal."""
+    from guikv.viz.curves import Panel, Series, plot_panels
+
+    methods = list(dict.fromkeys(row["method"] for row in rows if row["method"] != "full"))
+    series = [
+        Series(
+            method,
+            [
+                (r["budget"], 100 * r["oracle_recall"])
+                for r in rows
+                if r["method"] == method and r["runnable"]
+            ],
+            method,
+        )
+        for method in methods
+    ]
+    chance = Series("chance (keep at random)", [(budget, budget) for budget in budgets], guide=True)
+    panel = Panel(
+        "Full cache's top-C decode positions kept",
+        "KV budget (%)",
+        "oracle recall (%)",
+        [*series, chance],
+        [("full cache", 100.0)],
+        log_x=True,
+        x_ticks=budgets,
+    )
+    return plot_panels([panel], output / "oracle_recall_vs_budget.png", "Oracle recall vs KV budget")
+
+
 def action_key_for(family: Any, screenshot: Path) -> Any:
     """A function turning an output into its first parsed action's comparable fields."""
     from PIL import Image
@@ -585,6 +629,7 @@ def compare_step(
             action_key=action_key_for(family, screenshots[-1]),
             base=base,
             progress=lambda method, budget: status.update(f"running {method} at {budget:g}%"),
+            recall=True,
         )
     reference_row = fidelity_row(reference)
     reference_row.update(token_agreement=1.0, exact_match=True, kl_first_decode_step=0.0, action_match=None)
@@ -592,7 +637,11 @@ def compare_step(
     tables = [fidelity_table(rows), cost_table(rows)]
     for table in tables:
         console.print(table)
-    notes = [f"full-cache output: {reference_row['text']!r} (action: {reference_row['action']})"]
+    notes = [
+        f"full-cache output: {reference_row['text']!r} (action: {reference_row['action']})",
+        "oracle recall: the share of the prompt positions the full cache's decode steps attended most "
+        "(top C per layer and KV head, C = the method's kept count there) that the method kept",
+    ]
     notes += [
         f"{row['method']} at {row['budget']:g}%: not runnable ({row['reason']})"
         for row in rows
@@ -601,7 +650,10 @@ def compare_step(
     for note in notes:
         console.print(note, highlight=False)
     output.mkdir(parents=True, exist_ok=True)
-    figures = [fidelity_figure(rows, budgets, output)] if any(r["method"] != "full" for r in rows) else []
+    compared = any(r["method"] != "full" for r in rows)
+    figures = (
+        [fidelity_figure(rows, budgets, output), recall_figure(rows, budgets, output)] if compared else []
+    )
     document = {
         "format": "guikv-compare-step/1",
         "model": options["model"],

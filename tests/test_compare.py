@@ -18,7 +18,15 @@ from rich.console import Console
 
 from guikv.errors import UserInputError
 from guikv_cli.app import main
-from guikv_cli.compare import find_runs, group_runs, method_pairs, parse_budgets, parse_methods, runs_table
+from guikv_cli.compare import (
+    DEFAULT_METHODS,
+    find_runs,
+    group_runs,
+    method_pairs,
+    parse_budgets,
+    parse_methods,
+    runs_table,
+)
 
 AGENTNET_COLUMNS = ["overall_score", "average_trajectory_score", "milestone_score", "hit_rate"]
 
@@ -199,6 +207,9 @@ def test_metric_option_picks_the_plotted_metric(monkeypatch, capsys, runs: Path,
 
 
 def test_parsers():
+    assert parse_methods(DEFAULT_METHODS) == [
+        "full", "snapkv", "pyramidkv", "vlcache", "gui_kv", "st_lite", "star_kv"
+    ]  # fmt: skip
     assert parse_methods(" gui_kv, snapkv,gui_kv ") == ["gui_kv", "snapkv"]
     assert parse_budgets("40, 1,5,5") == [1.0, 5.0, 40.0]
     assert method_pairs(["full", "snapkv"], [1, 10]) == [("full", 100.0), ("snapkv", 1), ("snapkv", 10)]

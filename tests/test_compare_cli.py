@@ -1,6 +1,7 @@
 """`guikv compare` through a real subprocess: screenshots under several methods and budgets against
-the full cache (a budget below the window is reported, not a crash), finished eval runs, and a bad
-input; and `compare_methods` running the full cache only once."""
+the full cache (a budget below the window is reported, not a crash) with oracle recall, finished
+eval runs, and a bad input; and `compare_methods` running the full cache only once (once more,
+untimed, for the oracle)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,13 @@ def test_screenshot_form_reports_fidelity_costs_and_unrunnable_budgets(
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "Fidelity to the full cache" in done.stdout and "not runnable" in done.stdout
+    header = next(line for line in done.stdout.splitlines() if "agreement" in line)
+    assert header.split()[-2:] == ["recall", "action"]
+    assert "oracle recall: the share of the prompt positions" in done.stdout
     document = json.loads((tmp_path / "out" / "compare.json").read_text())
     reference = document["reference"]
     assert reference["method"] == "full" and reference["kept_per_layer"] == [document["prompt_tokens"]] * 4
+    assert reference["oracle_recall"] == 1.0 and reference["oracle_recall_per_layer"] == [1.0] * 4
     pairs = [(row["method"], row["budget"], row["runnable"]) for row in document["results"]]
     assert pairs == [
         ("snapkv", 0.5, False),
@@ -62,11 +67,16 @@ def test_screenshot_form_reports_fidelity_costs_and_unrunnable_budgets(
         assert 0.0 <= row["token_agreement"] <= 1.0 and isinstance(row["exact_match"], bool)
         assert row["kl_first_decode_step"] >= 0.0 and isinstance(row["action_match"], bool)
         assert row["kept_per_layer"] == [document["prompt_tokens"] // 2] * 4
+        per_layer = row["oracle_recall_per_layer"]
+        assert len(per_layer) == 4 and all(0.0 <= value <= 1.0 for value in per_layer)
+        assert row["oracle_recall"] == pytest.approx(sum(per_layer) / 4)
         assert row["kv_mib"] < reference["kv_mib"] and row["decode_flops"] < reference["decode_flops"]
         assert row["prefill_ms"] > 0
-    figure = tmp_path / "out" / "fidelity_vs_budget.png"
-    assert np.asarray(Image.open(figure).convert("L"), dtype=float).std() > 10
-    assert (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,") == 1
+    assert document["figures"] == ["fidelity_vs_budget.png", "oracle_recall_vs_budget.png"]
+    for name in document["figures"]:
+        assert np.asarray(Image.open(tmp_path / "out" / name).convert("L"), dtype=float).std() > 10
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "oracle recall" in page
 
 
 def test_run_form_through_the_subprocess(tmp_path: Path):
@@ -110,3 +120,31 @@ def test_full_cache_runs_once_however_often_it_is_asked_for(monkeypatch, tiny_sd
     assert calls == ["full", "snapkv"]
     assert [run.result for run in runs][::2] == [reference.result, reference.result]
     assert runs[1].agreement == 1.0 and runs[1].exact_match and runs[1].kl == pytest.approx(0.0, abs=1e-12)
+
+
+def test_recall_costs_one_untimed_full_run_and_is_whole_at_budget_100(
+    monkeypatch, tiny_sdpa, screenshot: Path
+):
+    model, processor = tiny_sdpa
+    calls: list[tuple[str, bool]] = []
+    original = guikv.analysis.run_step
+
+    def counting(*args, **kwargs):
+        calls.append((args[3].method, kwargs.get("oracle_mass", False)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(guikv.analysis, "run_step", counting)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(screenshot)}, {"type": "text", "text": "Go"}],
+        }
+    ]
+    reference, runs = compare_methods(
+        model, processor, messages, [("full", 100.0), ("snapkv", 100.0), ("snapkv", 20.0)],
+        max_new_tokens=3, base=CompressionConfig(window_size=4), recall=True,
+    )  # fmt: skip
+    assert calls == [("full", False), ("full", True), ("snapkv", False), ("snapkv", False)]
+    assert reference.recall == 1.0 and runs[0].recall == 1.0 and runs[1].recall == 1.0
+    assert runs[2].recall is not None and 0.0 <= runs[2].recall < 1.0
+    assert len(runs[2].recall_per_layer) == 4

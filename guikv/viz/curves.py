@@ -1,5 +1,6 @@
 """Line figures comparing methods: accuracy against budget or KV memory (from finished eval runs)
-and fidelity to the full cache against budget (from `guikv compare` on screenshots).
+and fidelity to the full cache and oracle recall against budget (from `guikv compare` on
+screenshots).
 
 The figure functions take plain `Panel`s (one subplot each: named series of (x, y) points and
 optional horizontal reference lines), so callers decide what is plotted and this module only how.
@@ -19,6 +20,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 METHOD_COLORS = {
     "full": "#000000",
     "gui_kv": "#d62728",
+    "st_lite": "#ff7f0e",
+    "star_kv": "#17becf",
     "snapkv": "#1f77b4",
     "pyramidkv": "#2ca02c",
     "vlcache": "#9467bd",
@@ -33,11 +36,13 @@ MARKERS = "osD^v<>pP*Xh"
 @dataclass(frozen=True)
 class Series:
     """One line: a label, the method it belongs to (for its color) and its (x, y) points. Points
-    with a None or NaN y are left out; a series with one point is drawn as a marker."""
+    with a None or NaN y are left out; a series with one point is drawn as a marker. A `guide`
+    series (e.g. what chance would give) is a thin gray dotted line without markers."""
 
     label: str
     points: Sequence[tuple[float, float | None]]
     method: str = ""
+    guide: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)
+            if series.guide:
+                axes.plot(xs, ys, ":", color="gray", linewidth=1.2, label=series.label)
+                continue
             style = "-" if len(points) > 1 else ""
             marker = MARKERS[number % len(MARKERS)]
             axes.plot(xs, ys, style, marker=marker, color=_color(series, number), label=series.label)
