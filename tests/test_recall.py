@@ -111,12 +111,18 @@ def test_recall_of_a_hand_made_case_equals_the_hand_count():
         oracle_recall(kept[:1], mass)
 
 
-@pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
-def test_recall_is_one_at_budget_100_for_every_method(tiny_sdpa, messages, method: str):
+@pytest.fixture(scope="module")
+def sdpa_oracle_mass(tiny_sdpa, messages) -> torch.Tensor:
+    """The full cache's oracle mass for `messages` on the sdpa tiny model, 3 new tokens."""
     model, processor = tiny_sdpa
-    oracle = run_step(
-        model, processor, messages, CompressionConfig(method="full"), max_new_tokens=3, oracle_mass=True
-    )
+    config = CompressionConfig(method="full")
+    return run_step(model, processor, messages, config, max_new_tokens=3, oracle_mass=True).oracle_mass
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if name != "full"])
+def test_recall_is_one_at_budget_100_for_every_method(tiny_sdpa, messages, sdpa_oracle_mass, method: str):
+    model, processor = tiny_sdpa
     config = CompressionConfig(method=method, budget=100, window_size=4)
     result = run_step(model, processor, messages, config, max_new_tokens=3, record_positions=True)
-    assert oracle_recall(result.kept_positions, oracle.oracle_mass) == [1.0] * len(result.kept_positions)
+    assert [kept.shape[-1] for kept in result.kept_positions] == [result.prompt_tokens] * 4
+    assert oracle_recall(result.kept_positions, sdpa_oracle_mass) == [1.0] * 4
