@@ -45,6 +45,7 @@ class StepResult:
     generated_ids: list[int] = field(default_factory=list)
     decode_step_seconds: list[float] = field(default_factory=list)
     first_decode_logits: torch.Tensor | None = None
+    method_state: Any = None
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -116,14 +117,23 @@ def run_step(
     max_new_tokens: int = 256,
     record_positions: bool = False,
     keep_first_decode_logits: bool = False,
+    method_state: Any = None,
 ) -> StepResult:
-    """Generate greedily for one agent step under `config` and measure what it kept and cost."""
+    """Generate greedily for one agent step under `config` and measure what it kept and cost.
+
+    A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`)
+    when given, else starts empty; the result's `method_state` is the state after this step, to pass
+    to the next step of the same trajectory.
+    """
     adapter = adapter_for(model)
     inputs = adapter.build_inputs(processor, messages).to(model.device)
     clock = _ForwardClock(model.device)
     handle = model.register_forward_hook(clock, with_kwargs=True)
     try:
-        with torch.no_grad(), compress(model, config, record_positions=record_positions) as report:
+        with (
+            torch.no_grad(),
+            compress(model, config, record_positions=record_positions, method_state=method_state) as report,
+        ):
             start = time.perf_counter()
             out = model.generate(
                 **inputs,
@@ -160,4 +170,5 @@ def run_step(
         first_decode_logits=(
             out.logits[1][0].float().cpu() if keep_first_decode_logits and len(out.logits) > 1 else None
         ),
+        method_state=report.method_state,
     )
