@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +38,7 @@ from benchmarks.rundir import (
     prepare,
     put_in_order,
     read_trace,
+    rewrite_trace,
     run_lock,
     shard_file,
     write_json,
@@ -108,7 +109,21 @@ def zero_costs() -> dict[str, float]:
 
 
 class Responder(Protocol):
-    """Answers one prompt: a real model through `run_step`, or the oracle."""
+    """Answers one prompt: a real model through `run_step`, or the oracle.
+
+    `stateful` says whether an answer depends on the calls before it (a compression method with
+    state, STaR-KV): the runner then calls `new_context()` before each `state_group` and re-runs an
+    unfinished group from its first sample on resume.
+    """
+
+    @property
+    def stateful(self) -> bool:
+        """Whether answers depend on earlier calls since the last `new_context()`."""
+        ...
+
+    def new_context(self) -> None:
+        """Forget what earlier calls left (a stateful method starts from an empty state)."""
+        ...
 
     def reply(
         self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
@@ -124,6 +139,10 @@ class OracleResponder:
     so the family's parser and the benchmark's metric are exercised exactly as for a model."""
 
     family: AgentFamily
+    stateful: bool = field(default=False, init=False)
+
+    def new_context(self) -> None:
+        """Nothing to forget: the oracle keeps no state."""
 
     def reply(
         self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
@@ -132,24 +151,46 @@ class OracleResponder:
         return Reply(self.family.format_action(expected(), image_size), zero_costs())
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelResponder:
-    """A loaded model generating greedily under a compression config, with its costs measured."""
+    """A loaded model generating greedily under a compression config, with its costs measured.
+
+    A stateful method's state (`method_state`) is carried from call to call until `new_context()`.
+    """
 
     model: nn.Module
     processor: Any
     config: CompressionConfig
     max_new_tokens: int
+    method_state: Any = field(default=None, init=False)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the config's method keeps state across prefills (STaR-KV)."""
+        from guikv.methods import METHOD_CLASSES
+
+        return "state" in {f.name for f in fields(METHOD_CLASSES[self.config.method])}
+
+    def new_context(self) -> None:
+        """Drop the carried method state: the next call starts from an empty one."""
+        self.method_state = None
 
     def reply(
         self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
     ) -> Reply:
-        """Run one agent step with `run_step` and keep its text and cost numbers."""
+        """Run one agent step with `run_step`, continuing the carried method state, and keep its
+        text and cost numbers."""
         from guikv.step import run_step
 
         result = run_step(
-            self.model, self.processor, messages, self.config, max_new_tokens=self.max_new_tokens
+            self.model,
+            self.processor,
+            messages,
+            self.config,
+            max_new_tokens=self.max_new_tokens,
+            method_state=self.method_state,
         )
+        self.method_state = result.method_state
         numbers = result.to_dict()
         costs = {name: numbers[name] for name in COST_FIELDS if name in numbers}
         kept = result.kept_per_layer
@@ -217,9 +258,15 @@ class _Player:
     screenshots: int
     finished: dict[str, Record]
     events: RunEvents = field(default_factory=RunEvents)
+    group: str | None = None
 
     def play(self, sample: Any) -> Record:
-        """Run one sample to its scored record (never raises on a failed generation: B7)."""
+        """Run one sample to its scored record (never raises on a failed generation: B7); the
+        responder starts a new context when the sample begins a new `state_group`."""
+        group = state_group(sample)
+        if group != self.group:
+            self.responder.new_context()
+            self.group = group
         if self.spec.name == mind2web.SPEC.name:
             return self._web(sample)
         history = None
@@ -344,6 +391,15 @@ def sample_order(loaded: LoadResult[Any]) -> list[str]:
     return order
 
 
+def state_group(sample: Any) -> str:
+    """The samples over which a stateful method's state is carried, as the releases' evaluation
+    scripts reset it: an AgentNetBench trajectory (its task id); any other sample on its own (their
+    prompts show one screenshot; a Mind2Web sample's scroll calls share its state)."""
+    if isinstance(sample, agentnetbench.AgentNetStep):
+        return sample.task_id
+    return str(sample.sample_id)
+
+
 def assign(spec: BenchmarkSpec, pending: Sequence[Any], shard: Shard) -> list[Any]:
     """This process's pending samples: every `count`-th from `index`, except AgentNetBench, whose
     trajectories are dealt out whole (a step's prompt needs the outputs of the earlier steps)."""
@@ -454,6 +510,11 @@ def run(
     (`samples.jsonl` alone, or `samples.rank<i>.jsonl` under several processes); after a barrier the
     main process merges the shards, puts the trace in dataset order and writes `summary.json`,
     which it returns (other processes return None).
+
+    With a stateful responder the answers depend on sample order within a `state_group`: each group
+    starts a new context, and a group left unfinished (interrupted, or with a failed sample to
+    retry) is run again from its first sample, so a resumed run gives the numbers of an
+    uninterrupted one.
     """
     shard = shard or Shard()
     events = events or RunEvents()
@@ -461,6 +522,8 @@ def run(
     with run_lock(run_dir) if shard.is_main else nullcontext():
         if shard.is_main:
             _prepare(run_dir, settings, resume, retry_failed, order, events)
+            if responder.stateful:
+                _restart_unfinished_groups(run_dir, loaded.samples, events)
         shard.barrier()
         finished = _by_id(read_trace(run_dir / SAMPLES_FILE).records)
         pending = [sample for sample in loaded.samples if sample.sample_id not in finished]
@@ -512,6 +575,27 @@ def _prepare(
     if prepared.retried:
         shown = ", ".join(prepared.retried[:3]) + (", ..." if len(prepared.retried) > 3 else "")
         events.note(f"{run_dir}: retrying {len(prepared.retried)} samples that failed before ({shown})")
+
+
+def _restart_unfinished_groups(run_dir: Path, samples: Sequence[Any], events: RunEvents) -> None:
+    """Stateful responder: take the finished records of every `state_group` that still has a pending
+    sample out of the trace, so the group runs again from its first sample with a fresh state."""
+    trace = run_dir / SAMPLES_FILE
+    records = read_trace(trace).records
+    done = {record["sample_id"] for record in records}
+    unfinished = {state_group(sample) for sample in samples if sample.sample_id not in done}
+    restarted = {
+        sample.sample_id
+        for sample in samples
+        if sample.sample_id in done and state_group(sample) in unfinished
+    }
+    if not restarted:
+        return
+    rewrite_trace(trace, [record for record in records if record["sample_id"] not in restarted])
+    events.note(
+        f"{run_dir}: the method keeps state over each trajectory; re-running {len(restarted)} finished "
+        "samples of unfinished trajectories from their first step"
+    )
 
 
 def _by_id(records: Sequence[Record]) -> dict[str, Record]:

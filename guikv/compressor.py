@@ -139,13 +139,18 @@ class _Hooks:
     chunked (if any) and, for cross-layer methods, the layers scored so far."""
 
     def __init__(
-        self, model: nn.Module, config: CompressionConfig, record_positions: bool, chunked_prefill: bool
+        self,
+        model: nn.Module,
+        config: CompressionConfig,
+        record_positions: bool,
+        chunked_prefill: bool,
+        method_state: Any = None,
     ) -> None:
         adapter = adapter_for(model)
         self.adapter = adapter
         self.model_config = model.config
         self.model_name = type(model).__name__
-        self.method = build_method(config)
+        self.method = build_method(config, state=method_state)
         self.config = config
         self.image_token_ids = adapter.image_token_ids(model.config)
         if self.method.needs_images and not self.image_token_ids:
@@ -411,6 +416,7 @@ def compress(
     *,
     record_positions: bool = False,
     chunked_prefill: bool = False,
+    method_state: Any = None,
 ) -> Iterator[CompressionReport]:
     """Compress the KV cache of every prefill run inside the context; yields the report.
 
@@ -420,8 +426,12 @@ def compress(
     inputs are kept (the layer's hidden states, L x hidden_size) until the prompt is complete, then
     it is scored and cut once, exactly as the unchunked prompt would be. Raises `RuntimeError` on
     exit if a prefill into a cache ran but was not compressed.
+
+    A stateful method (STaR-KV) starts from an empty state, or continues `method_state` (the
+    `report.method_state` of an earlier context) when given: its prefills then see the state the
+    earlier context left, as one longer context would. The state is updated in place.
     """
-    hooks = _Hooks(model, config, record_positions, chunked_prefill)
+    hooks = _Hooks(model, config, record_positions, chunked_prefill, method_state)
     handles = [
         model.register_forward_pre_hook(hooks.before_model, with_kwargs=True),
         model.register_forward_hook(hooks.after_model, with_kwargs=True),

@@ -47,6 +47,7 @@ class StepResult:
     decode_step_seconds: list[float] = field(default_factory=list)
     first_decode_logits: torch.Tensor | None = None
     oracle_mass: torch.Tensor | None = None
+    method_state: Any = None
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -119,12 +120,18 @@ def run_step(
     record_positions: bool = False,
     keep_first_decode_logits: bool = False,
     oracle_mass: bool = False,
+    method_state: Any = None,
 ) -> StepResult:
     """Generate greedily for one agent step under `config` and measure what it kept and cost.
 
     With `oracle_mass=True` (on a full cache) the result also carries the decode steps' attention
     mass on each prompt position, [layers, H_kv, L] (`guikv.recall`); the probe's work then counts
-    in the decode times, so time steps without it."""
+    in the decode times, so time steps without it.
+
+    A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`)
+    when given, else starts empty; the result's `method_state` is the state after this step, to pass
+    to the next step of the same trajectory.
+    """
     adapter = adapter_for(model)
     inputs = adapter.build_inputs(processor, messages).to(model.device)
     clock = _ForwardClock(model.device)
@@ -132,7 +139,10 @@ def run_step(
     probe = OracleMassProbe(len(adapter.attention_modules(model))) if oracle_mass else None
     probe_handles = probe.attach(adapter.attention_modules(model)) if probe is not None else []
     try:
-        with torch.no_grad(), compress(model, config, record_positions=record_positions) as report:
+        with (
+            torch.no_grad(),
+            compress(model, config, record_positions=record_positions, method_state=method_state) as report,
+        ):
             start = time.perf_counter()
             out = model.generate(
                 **inputs,
@@ -172,4 +182,5 @@ def run_step(
             out.logits[1][0].float().cpu() if keep_first_decode_logits and len(out.logits) > 1 else None
         ),
         oracle_mass=probe.mass() if probe is not None else None,
+        method_state=report.method_state,
     )

@@ -325,13 +325,23 @@ def oracle_eval_args(
 class Scripted:
     """A responder answering `Thought: <tag> <n>` (n counts calls) and `wait()`, or with `truth` the
     ground truth in UI-TARS's format (as the oracle); it raises like an out-of-memory GPU on the
-    calls listed in `fail_on` (1-based)."""
+    calls listed in `fail_on` (1-based). With `stateful`, n counts the calls since the last
+    `new_context()` instead, as a stateful method's answers depend on the calls before them;
+    `contexts` lists the call count at which each context began."""
 
-    def __init__(self, tag: str, fail_on: frozenset[int] = frozenset(), *, truth: bool = False) -> None:
+    def __init__(
+        self, tag: str, fail_on: frozenset[int] = frozenset(), *, truth: bool = False, stateful: bool = False
+    ) -> None:
         self.tag = tag
         self.fail_on = fail_on
         self.truth = truth
+        self.stateful = stateful
         self.prompts: list[list[Message]] = []
+        self.contexts: list[int] = []
+
+    def new_context(self) -> None:
+        """Start counting calls afresh (only `stateful` answers show the count)."""
+        self.contexts.append(len(self.prompts))
 
     def reply(
         self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
@@ -342,7 +352,8 @@ class Scripted:
             raise RuntimeError("CUDA out of memory")
         if self.truth:
             return Reply(get_family("ui-tars").format_action(expected(), image_size), zero_costs())
-        return Reply(f"Thought: {self.tag} {len(self.prompts)}\nAction: wait()", zero_costs())
+        count = len(self.prompts) - (self.contexts[-1] if self.stateful and self.contexts else 0)
+        return Reply(f"Thought: {self.tag} {count}\nAction: wait()", zero_costs())
 
 
 def play_agentnet(

@@ -57,6 +57,35 @@ def test_tiny_model_on_every_benchmark(fixtures_dir: Path, tiny_dir: Path, tmp_p
     assert agentnet["samples_scored"] == 3 and agentnet["config"]["screenshots"] == 2
 
 
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("st_lite", {"st_lite_variant": "paper"}),
+        ("star_kv", {"star_kv_prior_lambda": 0.3, "star_kv_temporal": False}),
+    ],
+)
+def test_the_frontier_methods_run_with_knobs_from_the_config(
+    method: str, knobs: dict[str, Any], fixtures_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """`--method` takes both 2026 methods and `--config` sets their knobs, written to the summary."""
+    small = build_all(fixtures_dir, tmp_path / "data", write_png, scale=0.1)
+    (tmp_path / "knobs.yaml").write_text(json.dumps(knobs))
+    command = [sys.executable, "-m", "guikv_cli", "eval", "agentnetbench", "--model", str(tiny_dir)]
+    options = ["--method", method, "--config", str(tmp_path / "knobs.yaml"), "--max-new-tokens", "4"]
+    completed = subprocess.run(
+        [*command, *options, "--screenshots", "2", "--device", "cpu", "--output", str(tmp_path / "runs")],
+        env={**os.environ, **environment(small)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [summary] = summaries(tmp_path / "runs").values()
+    assert summary["method"] == method and summary["samples_scored"] == 3
+    assert {key: summary["config"][key] for key in knobs} == knobs
+    assert 0 < summary["savings"]["kv_saved_percent"] < 100
+
+
 def write_android(data: Path, edit: Callable[[list[dict[str, Any]]], None]) -> None:
     """Rewrite `500_steps.json` in `data` after `edit` changed its records in place."""
     path = data / "500_steps.json"
@@ -80,6 +109,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "wrong screenshots directory": (["screenspot-v2", "--images", "{tmp}"], "none of the 6 samples"),
     "no data at all": (["mind2web"], "mind2web: no data directory; pass --data or set MM_MIND2WEB_TEST"),
     "budget out of range": (["screenspot-v2", "--budget", "150"], "--budget 150.0 is invalid"),
+    "unknown method": (["screenspot-v2", "--method", "h2o"], "st_lite, star_kv"),
+    "st_lite knob value": (["screenspot-v2", "--config", "{tmp}/variant.yaml"], "st_lite_variant"),
     "data flag with several benchmarks": (
         ["screenspot-v2", "androidcontrol", "--data", "{tmp}"],
         "--data applies",
@@ -93,6 +124,7 @@ def test_bad_input_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     (tmp_path / "bad.yaml").write_text("bugdet: 10\n")
+    (tmp_path / "variant.yaml").write_text("method: st_lite\nst_lite_variant: neither\n")
     broken = tmp_path / "android"
     broken.mkdir()
     (broken / "500_steps.json").write_text((datasets["androidcontrol"][0] / "500_steps.json").read_text())

@@ -110,6 +110,42 @@ def test_json_reports_the_step(json_run: tuple[dict, Path]):
     assert report["show_kept"] == str(picture)
 
 
+@pytest.mark.parametrize(
+    ("method", "knob", "value", "expected"),
+    [
+        ("st_lite", "st_lite_variant", "paper", "paper"),
+        ("star_kv", "star_kv_prior_lambda", "0.3", 0.3),
+        ("star_kv", "star_kv-temporal", "false", False),
+    ],
+)
+def test_the_frontier_methods_run_with_their_knobs_set(
+    tiny_dir: Path, screens: list[Path], method: str, knob: str, value: str, expected: object
+):
+    result = run_cli(
+        *map(str, screens),
+        "--task",
+        "Open the settings",
+        "--model",
+        str(tiny_dir),
+        "--method",
+        method,
+        "--budget",
+        "30",
+        "--set",
+        f"{knob}={value}",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["method"] == method
+    assert report["config"][knob.replace("-", "_")] == expected
+    assert len(set(report["kept_per_layer"])) == 1
+
+
 def test_show_kept_picture_has_the_expected_size_and_content(json_run: tuple[dict, Path]):
     image = Image.open(json_run[1])
     width, height = figure_size([(448, 252), (448, 252)])
@@ -164,6 +200,12 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
         ("not png", ("--show-kept", "expected a path ending in .png")),
         ("history order", ("--history-order 'size' is unknown", "name, mtime")),
         ("max tokens", ("--max-new-tokens 0 is invalid",)),
+        ("set malformed", ("--set 'st_lite_variant' is malformed", "KNOB=VALUE")),
+        ("set unknown", ("--set colour is unknown", "st_lite_variant", "star_kv_prior_lambda")),
+        ("set own flag", ("--set budget is unknown (use --budget)",)),
+        ("set int", ("--set star_kv_profile_steps=many is invalid", "an integer")),
+        ("set bool", ("--set star_kv_temporal=maybe is invalid", "true or false")),
+        ("set variant", ("--set st_lite_variant='neither' is invalid", "code, paper")),
     ],
 )
 def test_bad_input_before_loading_is_one_line(
@@ -187,6 +229,12 @@ def test_bad_input_before_loading_is_one_line(
         "not png": [good, "--task", "t", "--show-kept", str(tmp_path / "kept.jpg")],
         "history order": [good, "--task", "t", "--history-order", "size"],
         "max tokens": [good, "--task", "t", "--max-new-tokens", "0"],
+        "set malformed": [good, "--task", "t", "--set", "st_lite_variant"],
+        "set unknown": [good, "--task", "t", "--set", "colour=red"],
+        "set own flag": [good, "--task", "t", "--set", "budget=5"],
+        "set int": [good, "--task", "t", "--method", "star_kv", "--set", "star_kv_profile_steps=many"],
+        "set bool": [good, "--task", "t", "--method", "star_kv", "--set", "star_kv_temporal=maybe"],
+        "set variant": [good, "--task", "t", "--method", "st_lite", "--set", "st_lite_variant=neither"],
     }[case]
     assert_one_line_error(run_cli(*args, "--model", str(tmp_path / "never-loaded")), *fragments)
 
