@@ -4,10 +4,15 @@ A cut layer becomes a `CutLayer`: its tensors hold only the kept entries, but it
 *logical* length (prompt tokens seen plus tokens appended since), which is what transformers reads
 to slice new input and to place new tokens (`cache.get_seq_length()`). A continuation therefore
 feeds only its new tokens, at the right positions, on a compressed cache.
+
+In a batch, rows keep different counts: each row's kept entries are right-aligned in `prompt_slots`
+slots (the largest row's count), and the leading `slot_padding[row]` slots of a shorter row hold no
+token. `fit_mask` rewrites every later forward's attention mask so those slots are never seen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,12 +22,20 @@ from transformers.cache_utils import DynamicLayer
 class CutLayer(DynamicLayer):
     """A dynamic cache layer whose prompt was cut to kept positions.
 
-    `keys`/`values` [B, H_kv, kept + appended, d] are the physical tensors; `get_seq_length()`
-    returns the logical length, so every caller of transformers that positions or slices tokens
-    by the cache length sees the uncompressed sequence. `physical_length` is what is stored.
+    `keys`/`values` [B, H_kv, prompt_slots + appended, d] are the physical tensors;
+    `get_seq_length()` returns the logical length, so every caller of transformers that positions or
+    slices tokens by the cache length sees the uncompressed sequence. `physical_length` is what is
+    stored. `slot_padding[row]` leading prompt slots of each row hold no token (rows of a batch keep
+    different counts); all zero for a single row.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, logical_length: int) -> None:
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        logical_length: int,
+        slot_padding: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.keys = keys
         self.values = values
@@ -30,6 +43,14 @@ class CutLayer(DynamicLayer):
         self.dtype = keys.dtype
         self.is_initialized = True
         self.logical_length = logical_length
+        self.prompt_slots = int(keys.shape[-2])
+        self.slot_padding = tuple(slot_padding) if slot_padding is not None else (0,) * int(keys.shape[0])
+
+    def slot_visibility(self) -> torch.Tensor:
+        """[B, prompt_slots] bool: True where a prompt slot holds a kept token."""
+        slots = torch.arange(self.prompt_slots, device=self.keys.device)
+        padding = torch.tensor(self.slot_padding, device=self.keys.device)
+        return slots[None, :] >= padding[:, None]
 
     @property
     def physical_length(self) -> int:
@@ -59,6 +80,23 @@ class CutLayer(DynamicLayer):
         """Empty the layer (logical length 0)."""
         super().reset()
         self.logical_length = 0
+        self.prompt_slots = 0
+        self.slot_padding = (0,) * len(self.slot_padding)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows `indices` (their slot padding with them)."""
+        super().batch_select_indices(indices)
+        self.slot_padding = tuple(self.slot_padding[i] for i in torch.as_tensor(indices).reshape(-1).tolist())
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every batch row `repeats` times (their slot padding with them)."""
+        super().batch_repeat_interleave(repeats)
+        self.slot_padding = tuple(pad for pad in self.slot_padding for _ in range(repeats))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder the batch rows for beam search (their slot padding with them)."""
+        super().reorder_cache(beam_idx)
+        self.slot_padding = tuple(self.slot_padding[i] for i in beam_idx.reshape(-1).tolist())
 
 
 def physical_length(layer: Any) -> int:
@@ -80,23 +118,73 @@ def cut_layer(layer: Any, keep: torch.Tensor) -> CutLayer:
     )
 
 
+def cut_rows(layer: Any, keeps: Sequence[torch.Tensor]) -> CutLayer:
+    """A `CutLayer` for a batch whose rows keep different counts: row r keeps the positions
+    `keeps[r]` [H_kv, C_r] (indices into the padded row, ascending), right-aligned in
+    max(C_r) slots; the leading slots of a shorter row are padding (`slot_padding`)."""
+    slots = max(int(keep.shape[-1]) for keep in keeps)
+    padding = [slots - int(keep.shape[-1]) for keep in keeps]
+    rows = [
+        torch.cat([keep.new_zeros(keep.shape[0], pad), keep], dim=-1)
+        for keep, pad in zip(keeps, padding, strict=True)
+    ]
+    index = torch.stack(rows)
+    gather = index[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
+    return CutLayer(
+        layer.keys.gather(2, gather).contiguous(),
+        layer.values.gather(2, gather).contiguous(),
+        logical_length=layer.get_seq_length(),
+        slot_padding=padding,
+    )
+
+
 def kv_bytes(tokens: int, kv_heads: int, head_dim: int, dtype: torch.dtype, batch: int = 1) -> int:
     """Bytes of keys plus values for `tokens` positions of one layer."""
     return 2 * batch * kv_heads * tokens * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def fix_mask_length(mask: torch.Tensor, kv_length: int) -> torch.Tensor:
-    """Fit an attention mask's key axis to a cut layer's physical length.
+def fit_mask(mask: torch.Tensor | None, layer: CutLayer, query_length: int, attn_implementation: str) -> Any:
+    """The attention mask a forward over a cut layer needs: its key axis fitted to the physical
+    cache, with every row's empty prompt slots masked.
 
-    The mask is built once per forward for the *logical* length (or for another layer's
-    physical length). Its last columns are the newest tokens, so they are kept; missing leading
-    columns are kept prompt positions, which every new query may see (batch 1, no padding).
+    Transformers builds the mask for the *logical* length. Its last columns (tokens appended after
+    the cut, then this forward's) are kept as they are; the prompt's columns are replaced by each
+    row's slot visibility. Works for 4-D masks (sdpa's bool, eager's additive float) and 2-D
+    padding masks (flash-attention's varlen path). A missing mask (a decode step with no padding)
+    stays missing unless some slot is empty; then one is built in the kernel's own form.
     """
-    current = mask.shape[-1]
-    if current >= kv_length:
-        return mask[..., current - kv_length :]
-    visible = (
-        torch.ones((), dtype=torch.bool) if mask.dtype == torch.bool else torch.zeros((), dtype=mask.dtype)
-    )
-    pad = visible.to(mask.device).expand(*mask.shape[:-1], kv_length - current)
-    return torch.cat([pad, mask], dim=-1)
+    visible = layer.slot_visibility()
+    tail = layer.physical_length - layer.prompt_slots + query_length
+    if mask is None:
+        if all(pad == 0 for pad in layer.slot_padding):
+            return None
+        if query_length != 1:
+            raise ValueError(
+                f"a forward of {query_length} tokens on a cut batch cache came without an attention mask"
+            )
+        mask = _open_mask(layer, tail, attn_implementation)
+    if mask.dim() == 2:
+        prompt = visible.to(mask.dtype)
+    else:
+        prompt = _mask_values(visible, mask)[:, None, None, :].expand(*mask.shape[:-1], layer.prompt_slots)
+    return torch.cat([prompt, mask[..., mask.shape[-1] - tail :]], dim=-1)
+
+
+def _open_mask(layer: CutLayer, tail: int, attn_implementation: str) -> torch.Tensor:
+    """A one-query mask that sees every key, in the form the kernel takes: 2-D ints for
+    flash-attention, an additive float 4-D mask for eager, a bool 4-D mask otherwise."""
+    batch = int(layer.keys.shape[0])
+    if attn_implementation.startswith("flash"):
+        return torch.ones(batch, tail, dtype=torch.long, device=layer.keys.device)
+    if attn_implementation == "eager":
+        return torch.zeros(batch, 1, 1, tail, dtype=layer.dtype, device=layer.keys.device)
+    return torch.ones(batch, 1, 1, tail, dtype=torch.bool, device=layer.keys.device)
+
+
+def _mask_values(visible: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`visible` [B, S] in the value convention of the mask `like`: bool as is, an additive
+    float mask 0 where visible and the dtype's minimum elsewhere."""
+    if like.dtype == torch.bool:
+        return visible
+    hidden = torch.tensor(torch.finfo(like.dtype).min, dtype=like.dtype, device=like.device)
+    return torch.where(visible, torch.zeros((), dtype=like.dtype, device=like.device), hidden)

@@ -167,10 +167,14 @@ def test_report_records_each_prefill_and_kept_positions(tiny_sdpa, make_inputs):
     assert torch.all(positions[0][:, 1:] > positions[0][:, :-1])
 
 
-def test_batch_of_two_is_refused(tiny_sdpa):
+def test_a_right_padded_batch_is_refused(tiny_sdpa):
     model, processor = tiny_sdpa
+    assert processor.tokenizer.padding_side == "right"
     inputs = processor(text=["click the button", "type hello"], return_tensors="pt", padding=True)
-    with pytest.raises(ValueError, match="batch size 1"), compress(model, CompressionConfig(method="snapkv")):
+    with (
+        pytest.raises(ValueError, match="padding_side = 'left'"),
+        compress(model, CompressionConfig(method="snapkv")),
+    ):
         model.generate(**inputs, max_new_tokens=2)
 
 

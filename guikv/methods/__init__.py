@@ -53,13 +53,14 @@ def select_tokens(
     queries: torch.Tensor | None = None,
     keys: torch.Tensor,
     hidden_states: torch.Tensor | None = None,
-    image_spans: Sequence[Span] = (),
-    image_grids: Sequence[Grid | None] = (),
-    capacity: int,
+    image_spans: Sequence[Span] | Sequence[Sequence[Span]] = (),
+    image_grids: Sequence[Grid | None] | Sequence[Sequence[Grid | None]] = (),
+    capacity: int | Sequence[int],
+    lengths: Sequence[int] | None = None,
     layer_idx: int = 0,
     num_layers: int = 1,
     **params: Any,
-) -> torch.Tensor:
+) -> Any:
     """Kept positions per KV head, ascending: a LongTensor [B, H_kv, kept].
 
     `queries` [B, H, w, d] are window queries after RoPE (w at least the method's window),
@@ -69,38 +70,81 @@ def select_tokens(
     uniform per-layer count (window included). PyramidKV derives layer
     `layer_idx`'s own count from it; VL-Cache takes it as this layer's budget. `params` are the
     method's knobs (window_size, alpha, temperature, kernel_size, pooling, rank, ...).
+
+    Per-row form, for a left-padded batch whose rows differ: give `lengths` (each row's real
+    tokens, its padding being the first L - length columns), and/or `image_spans`, `image_grids`
+    and `capacity` as one entry per row (spans counted from the row's first real token). Each row
+    is then selected on its own tensors, and the result is a list of [H_kv, kept_r] LongTensors,
+    one per row, counted from the row's first real token (rows keep different counts).
     """
     if method not in METHOD_CLASSES:
         raise ValueError(f"method={method!r} is unknown: expected one of {', '.join(METHODS)}")
-    if capacity < 1:
-        raise ValueError(f"capacity={capacity} is invalid: expected an integer >= 1")
+    rows, length = int(keys.shape[0]), int(keys.shape[2])
+    per_row = lengths is not None or not isinstance(capacity, int) or _nested(image_spans)
+    capacities = _row_values(capacity, rows, per_row and not isinstance(capacity, int), "capacity")
+    for value in capacities:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"capacity={value} is invalid: expected an integer >= 1")
     config_fields = {f.name for f in fields(CompressionConfig)}
     unknown = sorted(set(params) - config_fields)
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {unknown} for select_tokens: expected some of {sorted(config_fields)}"
         )
-    built = build_method(CompressionConfig(method=method, **params))
-    layout = TokenLayout(length=int(keys.shape[2]), image_spans=tuple(tuple(s) for s in image_spans))
-    layout = layout.with_grids(image_grids) if image_grids else layout
-    if built.needs_images and not layout.image_spans:
-        raise ValueError(f"method {method!r} needs image_spans: got none")
+    config = CompressionConfig(method=method, **params)
+    if not per_row:
+        layout = _row_layout(length, image_spans, image_grids)
+        ctx = LayerContext(keys, layout, capacity, layer_idx, num_layers, queries, hidden_states)
+        return _checked(build_method(config), ctx).select(ctx)
+    row_lengths = list(lengths) if lengths is not None else [length] * rows
+    if len(row_lengths) != rows or any(not 0 < n <= length for n in row_lengths):
+        raise ValueError(f"lengths={row_lengths} is invalid: expected {rows} row lengths in 1..{length}")
+    spans = _row_values(image_spans, rows, _nested(image_spans), "image_spans")
+    grids = _row_values(image_grids, rows, _nested(image_grids), "image_grids")
+    batch = LayerContext(keys, TokenLayout(length, ()), 0, layer_idx, num_layers, queries, hidden_states)
+    kept = []
+    for row in range(rows):
+        built = build_method(config)
+        layout = _row_layout(row_lengths[row], spans[row], grids[row])
+        ctx = batch.row(row, length - row_lengths[row], layout, capacities[row], built.window(layout))
+        kept.append(_checked(built, ctx).select(ctx)[0])
+    return kept
+
+
+def _nested(values: Sequence[Any]) -> bool:
+    """True when `values` holds one sequence per batch row (a list of span or grid lists)."""
+    first = values[0] if len(values) else None
+    return isinstance(first, Sequence) and (not first or first[0] is None or isinstance(first[0], Sequence))
+
+
+def _row_values(values: Any, rows: int, per_row: bool, name: str) -> list[Any]:
+    """`values` as one entry per batch row (repeated when it is shared by all rows)."""
+    if not per_row:
+        return [values] * rows
+    if len(values) != rows:
+        raise ValueError(f"{name} lists {len(values)} rows: expected one entry per batch row ({rows})")
+    return list(values)
+
+
+def _row_layout(length: int, image_spans: Sequence[Span], image_grids: Sequence[Grid | None]) -> TokenLayout:
+    """One row's layout from its spans and (optional) grids."""
+    layout = TokenLayout(length=length, image_spans=tuple(tuple(s) for s in image_spans))
+    return layout.with_grids(image_grids) if image_grids else layout
+
+
+def _checked(built: Method, ctx: LayerContext) -> Method:
+    """`built`, after checking that `ctx` holds what it needs (image spans, enough window queries)."""
+    if built.needs_images and not ctx.layout.image_spans:
+        raise ValueError(f"method {built.name!r} needs image_spans: got none")
     if built.needs_queries:
-        if queries is None:
-            raise ValueError(f"method {method!r} needs queries [B, H, w, d]: got None")
-        needed = built.window(layout)
-        if queries.shape[2] < needed:
-            raise ValueError(f"queries hold {queries.shape[2]} window rows: method {method!r} needs {needed}")
-    ctx = LayerContext(
-        keys=keys,
-        layout=layout,
-        capacity=capacity,
-        layer_idx=layer_idx,
-        num_layers=num_layers,
-        queries=queries,
-        hidden_states=hidden_states,
-    )
-    return built.select(ctx)
+        if ctx.queries is None:
+            raise ValueError(f"method {built.name!r} needs queries [B, H, w, d]: got None")
+        needed = built.window(ctx.layout)
+        if ctx.queries.shape[2] < needed:
+            raise ValueError(
+                f"queries hold {ctx.queries.shape[2]} window rows: method {built.name!r} needs {needed}"
+            )
+    return built
 
 
 __all__ = ["METHOD_CLASSES", "LayerContext", "Method", "build_method", "select_tokens"]

@@ -7,7 +7,7 @@ observation window, keep the best-scoring prefix positions, in ascending order) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -44,6 +44,19 @@ class LayerContext:
     def num_kv_heads(self) -> int:
         """KV heads stored in the cache."""
         return int(self.keys.shape[1])
+
+    def row(self, row: int, padding: int, layout: TokenLayout, capacity: int, window: int) -> LayerContext:
+        """Row `row` of a left-padded batch as a context of its own: its real positions only
+        (`padding` leading columns dropped), its layout and capacity, its last `window` queries."""
+        queries = self.queries
+        return replace(
+            self,
+            keys=self.keys[row : row + 1, :, padding:],
+            layout=layout,
+            capacity=capacity,
+            queries=None if queries is None else queries[row : row + 1, :, queries.shape[2] - window :],
+            hidden_states=None if self.hidden_states is None else self.hidden_states[row : row + 1, padding:],
+        )
 
 
 @dataclass(frozen=True)

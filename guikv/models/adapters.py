@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from guikv.layout import TokenLayout
 from guikv.models import opencua
-from guikv.models.inputs import Message, qwen_inputs
+from guikv.models.inputs import Message, qwen_batch_inputs, qwen_inputs
 
 LayoutBuilder = Callable[[PretrainedConfig, torch.Tensor, Mapping[str, Any]], TokenLayout]
 
@@ -31,6 +31,8 @@ class ModelAdapter:
     `layers_path` is the dotted attribute path from the top-level model to the decoder layer list;
     `image_token_attrs` the config attributes holding image placeholder token ids;
     `build_inputs(processor, messages)` turns chat messages into the model's generate() inputs;
+    `build_batch_inputs(processor, conversations)` does so for several, one left-padded row each
+    (None: the family cannot be batched under compression);
     `layout_builder(config, input_ids, forward_kwargs)` gives the token layout the decoder layers
     see (None: the image runs of `input_ids`, already expanded by the processor); `prepare(model)`
     is applied once at load time (OpenCUA: logical decode positions).
@@ -40,6 +42,7 @@ class ModelAdapter:
     layers_path: str
     image_token_attrs: tuple[str, ...]
     build_inputs: Callable[[Any, Sequence[Message]], Any] = qwen_inputs
+    build_batch_inputs: Callable[[Any, Sequence[Sequence[Message]]], Any] | None = qwen_batch_inputs
     layout_builder: LayoutBuilder | None = None
     prepare: Callable[[nn.Module], None] = _nothing_to_prepare
 
@@ -82,6 +85,7 @@ OPENCUA = ModelAdapter(
     "language_model.model.layers",
     ("media_placeholder_token_id",),
     build_inputs=opencua.opencua_inputs,
+    build_batch_inputs=None,
     layout_builder=opencua.prompt_layout,
     prepare=opencua.keep_decode_positions_logical,
 )

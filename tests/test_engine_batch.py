@@ -1,0 +1,175 @@
+"""Batched compression on the tiny Qwen2.5-VL: every row of a left-padded batch keeps exactly
+what it keeps alone and generates the same tokens, for every method, with sdpa and eager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from guikv import METHODS, CompressionConfig, compress, select_tokens
+from guikv.cache import CutLayer, fit_mask
+from guikv.models.inputs import qwen_batch_inputs, qwen_inputs
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+SCREENSHOTS = sorted((FIXTURES / "agentnetbench" / "test_data" / "images").glob("*.png"))
+NEW_TOKENS = 6
+BUDGET = 20
+
+
+def conversation(screens: int, task: str) -> list[dict]:
+    """One user turn: `screens` real screenshots (downscaled), then the task."""
+    images = [
+        Image.open(SCREENSHOTS[(i + screens) % len(SCREENSHOTS)]).convert("RGB").resize((448, 252))
+        for i in range(screens)
+    ]
+    return [
+        {
+            "role": "user",
+            "content": [*({"type": "image", "image": im} for im in images), {"type": "text", "text": task}],
+        }
+    ]
+
+
+ROWS = [
+    conversation(3, "Open the settings menu and turn on dark mode"),
+    conversation(1, "Click OK"),
+    conversation(5, "Type hello into the search box at the top of the window, then press enter"),
+]
+
+
+def generate(model, inputs) -> torch.Tensor:
+    """Greedy new tokens [B, NEW_TOKENS]."""
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    return out[:, inputs["input_ids"].shape[1] :]
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def loaded(request):
+    model, processor = request.getfixturevalue(f"tiny_{request.param}")
+    batch = qwen_batch_inputs(processor, ROWS)
+    solos = [qwen_inputs(processor, rows) for rows in ROWS]
+    return model, batch, solos
+
+
+def test_the_batch_is_left_padded_with_rows_of_different_lengths(loaded):
+    _, batch, solos = loaded
+    lengths = [solo["input_ids"].shape[1] for solo in solos]
+    assert len(set(lengths)) == 3
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["attention_mask"][:, -1].all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_row_keeps_and_generates_what_it_does_alone(loaded, method: str):
+    model, batch, solos = loaded
+    config = CompressionConfig(method=method, budget=BUDGET)
+    with compress(model, config, record_positions=True) as report:
+        tokens = generate(model, batch)
+    rows = report.rows
+    assert len(rows) == len(ROWS)
+    for row, solo in enumerate(solos):
+        with compress(model, config, record_positions=True) as alone:
+            expected = generate(model, solo)
+        assert torch.equal(tokens[row], expected[0]), (method, row)
+        assert rows[row].prompt_tokens == alone.prompt_tokens
+        assert rows[row].kept_per_layer == alone.kept_per_layer
+        assert rows[row].kv_bytes_kept == alone.kv_bytes_kept
+        for mine, theirs in zip(rows[row].kept_positions, alone.kept_positions, strict=True):
+            assert torch.equal(mine, theirs), (method, row)
+    assert report.kept_per_layer == [
+        sum(layer) for layer in zip(*(r.kept_per_layer for r in rows), strict=True)
+    ]
+    assert report.kv_bytes_stored >= report.kv_bytes_kept
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_100_equals_the_uncompressed_batch(loaded, method: str):
+    model, batch, solos = loaded
+    reference = generate(model, batch)
+    with compress(model, CompressionConfig(method=method, budget=100)) as report:
+        tokens = generate(model, batch)
+    assert torch.equal(tokens, reference)
+    assert [row.prompt_tokens for row in report.rows] == [solo["input_ids"].shape[1] for solo in solos]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_select_tokens_per_row_equals_each_row_alone(method: str):
+    generator = torch.Generator().manual_seed(3)
+    heads, kv_heads, dim, hidden, window = 4, 2, 16, 32, 8
+    lengths, padded = [70, 52], 70
+    spans = [[(5, 21), (30, 46)], [(4, 20), (24, 40)]]
+    grids = [[(4, 4), (4, 4)], [(2, 8), (4, 4)]]
+    capacity = [21, 15]
+    keys = torch.randn(2, kv_heads, padded, dim, generator=generator)
+    queries = torch.randn(2, heads, 30, dim, generator=generator)
+    states = torch.randn(2, padded, hidden, generator=generator)
+    kept = select_tokens(
+        method,
+        queries=queries,
+        keys=keys,
+        hidden_states=states,
+        image_spans=spans,
+        image_grids=grids,
+        capacity=capacity,
+        lengths=lengths,
+        window_size=window,
+    )
+    for row, length in enumerate(lengths):
+        pad = padded - length
+        alone = select_tokens(
+            method,
+            queries=queries[row : row + 1, :, -min(30, length) :],
+            keys=keys[row : row + 1, :, pad:],
+            hidden_states=states[row : row + 1, pad:],
+            image_spans=spans[row],
+            image_grids=grids[row],
+            capacity=capacity[row],
+            window_size=window,
+        )
+        assert torch.equal(kept[row], alone[0]), (method, row)
+        assert kept[row].max() < length
+
+
+def test_select_tokens_rejects_a_row_count_that_does_not_match():
+    keys = torch.randn(2, 2, 40, 16)
+    with pytest.raises(ValueError, match="capacity lists 3 rows"):
+        select_tokens("random", keys=keys, capacity=[5, 5, 5])
+
+
+def cut_two_rows() -> CutLayer:
+    """A cut layer of two rows keeping 3 and 1 prompt tokens, then one appended token."""
+    layer = CutLayer(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), logical_length=9, slot_padding=[0, 2])
+    layer.update(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+    return layer
+
+
+def test_fit_mask_hides_empty_slots_in_every_mask_form():
+    layer = cut_two_rows()
+    seen = torch.tensor([[True, True, True, True, True], [False, False, True, True, True]])
+    logical = torch.ones(2, 1, 1, 11, dtype=torch.bool)
+    assert torch.equal(fit_mask(logical, layer, 1, "sdpa")[:, 0, 0], seen)
+    additive = torch.zeros(2, 1, 1, 11)
+    assert torch.equal(fit_mask(additive, layer, 1, "eager")[:, 0, 0] == 0, seen)
+    assert torch.equal(
+        fit_mask(torch.ones(2, 11, dtype=torch.long), layer, 1, "flash_attention_2").bool(), seen
+    )
+    for implementation in ("sdpa", "eager", "flash_attention_2"):
+        built = fit_mask(None, layer, 1, implementation)
+        visible = (
+            built.bool()
+            if built.dim() == 2
+            else (built[:, 0, 0] == 0 if built.is_floating_point() else built[:, 0, 0])
+        )
+        assert torch.equal(visible, seen), implementation
+
+
+def test_fit_mask_keeps_the_causal_tail_of_a_continuation():
+    layer = cut_two_rows()
+    causal = torch.ones(2, 1, 3, 13, dtype=torch.bool).tril(diagonal=10)
+    fitted = fit_mask(causal, layer, 3, "sdpa")
+    assert fitted.shape == (2, 1, 3, 7)
+    assert torch.equal(fitted[..., 3:], causal[..., 9:])
+    assert not fitted[1, 0, :, :2].any() and fitted[1, 0, :, 2].all()
