@@ -12,6 +12,7 @@ from PIL import Image
 from guikv import METHODS, CompressionConfig, compress, select_tokens
 from guikv.cache import CutLayer, fit_mask
 from guikv.models.inputs import qwen_batch_inputs, qwen_inputs
+from guikv.step import run_step
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 SCREENSHOTS = sorted((FIXTURES / "agentnetbench" / "test_data" / "images").glob("*.png"))
@@ -173,3 +174,43 @@ def test_fit_mask_keeps_the_causal_tail_of_a_continuation():
     assert fitted.shape == (2, 1, 3, 7)
     assert torch.equal(fitted[..., 3:], causal[..., 9:])
     assert not fitted[1, 0, :, :2].any() and fitted[1, 0, :, 2].all()
+
+
+def test_run_step_on_a_list_of_conversations_gives_each_its_solo_result(tiny_sdpa):
+    model, processor = tiny_sdpa
+    config = CompressionConfig(method="gui_kv", budget=BUDGET)
+    batch = run_step(model, processor, ROWS, config, max_new_tokens=NEW_TOKENS, record_positions=True)
+    assert [result.batch_size for result in batch] == [3, 3, 3]
+    for conversation_messages, result in zip(ROWS, batch, strict=True):
+        alone = run_step(
+            model, processor, conversation_messages, config, max_new_tokens=NEW_TOKENS, record_positions=True
+        )
+        assert result.generated_ids == alone.generated_ids
+        assert result.text == alone.text
+        assert result.prompt_tokens == alone.prompt_tokens
+        assert result.kept_per_layer == alone.kept_per_layer
+        assert result.kv_bytes_kept == alone.kv_bytes_kept
+        assert result.decode_flops_kept == alone.decode_flops_kept
+        assert result.layout == alone.layout
+        assert result.image_grids == alone.image_grids
+        assert all(
+            torch.equal(a, b) for a, b in zip(result.kept_positions, alone.kept_positions, strict=True)
+        )
+    assert batch[0].kv_bytes_stored >= sum(result.kv_bytes_kept for result in batch)
+
+
+def test_a_batch_of_star_kv_rows_carries_one_state_per_row(tiny_sdpa):
+    model, processor = tiny_sdpa
+    config = CompressionConfig(method="star_kv", budget=BUDGET)
+    first = run_step(model, processor, ROWS[:2], config, max_new_tokens=2)
+    again = run_step(
+        model, processor, ROWS[:2], config, max_new_tokens=2, method_state=[r.method_state for r in first]
+    )
+    for row in range(2):
+        alone = run_step(model, processor, ROWS[row], config, max_new_tokens=2)
+        alone_again = run_step(
+            model, processor, ROWS[row], config, max_new_tokens=2, method_state=alone.method_state
+        )
+        assert first[row].method_state is not first[1 - row].method_state
+        assert again[row].kept_per_layer == alone_again.kept_per_layer
+        assert again[row].generated_ids == alone_again.generated_ids
