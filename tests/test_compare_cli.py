@@ -97,35 +97,8 @@ def test_a_bad_input_through_the_subprocess_is_one_line_and_exit_2(tmp_path: Pat
     ]
 
 
-def test_full_cache_runs_once_however_often_it_is_asked_for(monkeypatch, tiny_sdpa, screenshot: Path):
-    model, processor = tiny_sdpa
-    calls: list[str] = []
-    original = guikv.analysis.run_step
-
-    def counting(*args, **kwargs):
-        calls.append(args[3].method)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(guikv.analysis, "run_step", counting)
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image", "image": str(screenshot)}, {"type": "text", "text": "Go"}],
-        }
-    ]
-    reference, runs = compare_methods(
-        model, processor, messages, [("full", 100.0), ("snapkv", 100.0), ("full", 100.0)],
-        max_new_tokens=3, base=CompressionConfig(window_size=4),
-    )  # fmt: skip
-    assert calls == ["full", "snapkv"]
-    assert [run.result for run in runs][::2] == [reference.result, reference.result]
-    assert runs[1].agreement == 1.0 and runs[1].exact_match and runs[1].kl == pytest.approx(0.0, abs=1e-12)
-
-
-def test_recall_costs_one_untimed_full_run_and_is_whole_at_budget_100(
-    monkeypatch, tiny_sdpa, screenshot: Path
-):
-    model, processor = tiny_sdpa
+def count_run_steps(monkeypatch) -> list[tuple[str, bool]]:
+    """Record (method, oracle_mass) of every run_step compare_methods makes (the real one still runs)."""
     calls: list[tuple[str, bool]] = []
     original = guikv.analysis.run_step
 
@@ -134,14 +107,40 @@ def test_recall_costs_one_untimed_full_run_and_is_whole_at_budget_100(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(guikv.analysis, "run_step", counting)
-    messages = [
+    return calls
+
+
+def one_screen_messages(screenshot: Path) -> list[dict]:
+    """One user turn: the screenshot, then a one-word task."""
+    return [
         {
             "role": "user",
             "content": [{"type": "image", "image": str(screenshot)}, {"type": "text", "text": "Go"}],
         }
     ]
+
+
+def test_full_cache_runs_once_however_often_it_is_asked_for(monkeypatch, tiny_sdpa, screenshot: Path):
+    model, processor = tiny_sdpa
+    calls = count_run_steps(monkeypatch)
     reference, runs = compare_methods(
-        model, processor, messages, [("full", 100.0), ("snapkv", 100.0), ("snapkv", 20.0)],
+        model, processor, one_screen_messages(screenshot),
+        [("full", 100.0), ("snapkv", 100.0), ("full", 100.0)],
+        max_new_tokens=3, base=CompressionConfig(window_size=4),
+    )  # fmt: skip
+    assert [method for method, _ in calls] == ["full", "snapkv"]
+    assert [run.result for run in runs][::2] == [reference.result, reference.result]
+    assert runs[1].agreement == 1.0 and runs[1].exact_match and runs[1].kl == pytest.approx(0.0, abs=1e-12)
+
+
+def test_recall_costs_one_untimed_full_run_and_is_whole_at_budget_100(
+    monkeypatch, tiny_sdpa, screenshot: Path
+):
+    model, processor = tiny_sdpa
+    calls = count_run_steps(monkeypatch)
+    reference, runs = compare_methods(
+        model, processor, one_screen_messages(screenshot),
+        [("full", 100.0), ("snapkv", 100.0), ("snapkv", 20.0)],
         max_new_tokens=3, base=CompressionConfig(window_size=4), recall=True,
     )  # fmt: skip
     assert calls == [("full", False), ("full", True), ("snapkv", False), ("snapkv", False)]
