@@ -8,6 +8,9 @@ is replaced by a `CutLayer` holding the kept positions per KV head but reporting
 length, so decoding and later turns continue at logical positions; a pre-hook fits the attention
 mask to each layer's physical length.
 
+A left-padded batch is scored row by row on each row's own tensors (`guikv.batch`); rows keep
+different counts, and the mask pre-hook hides the empty slots of the shorter rows.
+
 A prefill split into chunks (`generate(..., prefill_chunk_size=N)`) is scored once, from the whole
 prompt, after its last chunk: with `compress(..., chunked_prefill=True)` every chunk is kept and
 the cut happens before the first decode step (or on leaving the context). Without it, a chunk that
@@ -577,15 +580,18 @@ def compress(
     """Compress the KV cache of every prefill run inside the context; yields the report.
 
     Works with any attention implementation (eager, sdpa, flash_attention_2): scores never need
-    the kernel's attention weights. Batch size 1. With `chunked_prefill=True` a prompt may be
-    prefilled in several forwards (`generate(..., prefill_chunk_size=N)`): each layer's chunk
-    inputs are kept (the layer's hidden states, L x hidden_size) until the prompt is complete, then
-    it is scored and cut once, exactly as the unchunked prompt would be. Raises `RuntimeError` on
-    exit if a prefill into a cache ran but was not compressed.
+    the kernel's attention weights. A left-padded batch is compressed row by row: each row keeps
+    what it would keep alone, and `report.rows` has each row's figures. With
+    `chunked_prefill=True` a prompt may be prefilled in several forwards
+    (`generate(..., prefill_chunk_size=N)`): each layer's chunk inputs are kept (the layer's hidden
+    states, L x hidden_size) until the prompt is complete, then it is scored and cut once, exactly
+    as the unchunked prompt would be. Raises `RuntimeError` on exit if a prefill into a cache ran
+    but was not compressed.
 
     A stateful method (STaR-KV) starts from an empty state, or continues `method_state` (the
     `report.method_state` of an earlier context) when given: its prefills then see the state the
-    earlier context left, as one longer context would. The state is updated in place.
+    earlier context left, as one longer context would. For a batch, pass one state per row (a list;
+    rows without one start empty). The state is updated in place.
     """
     hooks = _Hooks(model, config, record_positions, chunked_prefill, method_state)
     handles = [
