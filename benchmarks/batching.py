@@ -43,6 +43,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+def detached(error: Exception) -> Exception:
+    """`error` without its traceback and chained exceptions: those hold the frames of the failed
+    forward, and with them its tensors, which a retry after running out of memory needs freed."""
+    error.__context__ = error.__cause__ = None
+    return error.with_traceback(None)
+
+
 class Batcher(Generic[C, A]):
     """Answers calls in batches of at most `size` through `reply` (one answer per call, in order,
     or an exception for the whole batch), shrinking `size` when a batch runs out of memory."""
@@ -67,12 +74,13 @@ class Batcher(Generic[C, A]):
         try:
             return list(self.reply(batch))
         except Exception as error:
-            if len(batch) == 1:
-                return [error]
-            if is_out_of_memory(error):
-                self._shrink(len(batch), error)
-                return self._in_chunks(batch, self.size)
-            return self._in_chunks(batch, (len(batch) + 1) // 2)
+            failure = detached(error)
+        if len(batch) == 1:
+            return [failure]
+        if is_out_of_memory(failure):
+            self._shrink(len(batch), failure)
+            return self._in_chunks(batch, self.size)
+        return self._in_chunks(batch, (len(batch) + 1) // 2)
 
     def _in_chunks(self, batch: list[C], size: int) -> list[A | Exception]:
         """Answer `batch` in consecutive chunks of `size` calls."""

@@ -7,6 +7,7 @@ failing samples."""
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +288,21 @@ def test_another_error_in_a_batch_fails_only_the_sample_that_raises_alone() -> N
     assert answers[0] == "A" and answers[2:] == ["C", "D"]
     assert isinstance(answers[1], ValueError)
     assert batcher.size == 4 and notes == []
+
+
+def test_a_retry_after_out_of_memory_runs_with_the_failed_batchs_tensors_freed() -> None:
+    """The failed forward's tensors (held by its traceback's frames) are freed before the retry."""
+    alive: list[weakref.ref[torch.Tensor]] = []
+
+    def reply(calls: list[str]) -> list[str]:
+        assert all(ref() is None for ref in alive), "the failed batch's activations are still held"
+        activations = torch.zeros(len(calls), 1024)
+        alive.append(weakref.ref(activations))
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [call.upper() for call in calls]
+
+    assert Batcher(reply, 4, lambda note: None).answer(["a", "b", "c", "d"]) == ["A", "B", "C", "D"]
 
 
 def test_out_of_memory_is_told_from_other_errors() -> None:
