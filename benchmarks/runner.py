@@ -328,7 +328,7 @@ class _Player:
             record = yield from self.play(sample, context)
             self.done(sample, record)
 
-    def play(self, sample: Any, context: Any = None) -> Play:
+    def play(self, sample: Any, context: Any) -> Play:
         """Run one sample to its scored record (never raises on a failed generation: B7), its calls
         made in `context`."""
         if self.spec.name == mind2web.SPEC.name:

@@ -3,7 +3,8 @@
 Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
 win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
 re-run resumes, retrying the samples that failed. Under `accelerate launch` (or torchrun) the
-samples are sharded over the processes and the main process merges the traces. A rich progress bar
+samples are sharded over the processes and the main process merges the traces. `--batch-size N`
+runs independent samples in batches (`benchmarks.runner`, `benchmarks.batching`). A rich progress bar
 runs on stderr; one results table per benchmark is printed at the end, and a warning for every run
 with failed samples. `guikv eval --rescore RUN_DIR...` re-scores finished runs with today's
 parsers and metrics instead (`benchmarks.rescore`), loading no model. See docs/eval.md.

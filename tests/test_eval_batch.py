@@ -25,12 +25,12 @@ from eval_helpers import (
     summaries,
     write_png,
 )
-from test_eval_stateful import tiny_run, two_trajectories, untimed
+from test_eval_stateful import two_trajectories, untimed
 
 from benchmarks import get_benchmark
 from benchmarks.batching import Batcher, is_out_of_memory
 from benchmarks.rundir import SAMPLES_FILE, SUMMARY_FILE
-from benchmarks.runner import Call, ModelResponder, OracleResponder, Reply, RunEvents, run
+from benchmarks.runner import Call, MethodContext, ModelResponder, OracleResponder, Reply, RunEvents, run
 from guikv.agents import get_family
 from guikv.config import CompressionConfig
 
@@ -83,10 +83,12 @@ def play(
     responder: Any,
     batch_size: int,
     notes: list[str] | None = None,
+    *,
+    method: str = "gui_kv",
 ) -> dict[str, Any]:
     """Run benchmark `name` on `data` through `runner.run` (UI-TARS family, two screenshots)."""
     spec = get_benchmark(name)
-    settings = {"model": "m", "family": "ui-tars", "method": "gui_kv", "budget": 10.0}
+    settings = {"model": "m", "family": "ui-tars", "method": method, "budget": 10.0}
     summary = run(
         spec,
         spec.load(*data),
@@ -148,23 +150,74 @@ def spy(tiny_sdpa: tuple, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     yield install
 
 
-def tiny(model: tuple, method: str = "gui_kv") -> ModelResponder:
+@dataclass
+class Tiny(ModelResponder):
+    """The tiny fp32 model's responder, keeping every context it gave (one per state group)."""
+
+    contexts: list[MethodContext] = field(default_factory=list, init=False)
+
+    def new_context(self) -> MethodContext:
+        """A fresh context, kept."""
+        self.contexts.append(super().new_context())
+        return self.contexts[-1]
+
+    def states(self) -> list[str]:
+        """The method state each context ended with, as JSON."""
+        return [json.dumps(context.state.to_dict()) for context in self.contexts]
+
+
+def tiny(model: tuple, method: str = "gui_kv") -> Tiny:
     """The tiny fp32 model answering at budget 10 with a few new tokens."""
-    return ModelResponder(model[0], model[1], CompressionConfig(method=method, budget=10), NEW_TOKENS)
+    return Tiny(model[0], model[1], CompressionConfig(method=method, budget=10), NEW_TOKENS)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A batch-size-1 run of the tiny model: its directory, summary, records without wall times,
+    and the method states its contexts ended with (STaR-KV)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    states: list[str]
+
+
+@pytest.fixture(scope="module")
+def reference(
+    small: Datasets, tiny_sdpa: tuple, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Reference]:
+    """The batch-size-1 run of a benchmark under a method, run once for this module."""
+    done: dict[tuple[str, str], Reference] = {}
+
+    def get(name: str, method: str = "gui_kv") -> Reference:
+        if (name, method) not in done:
+            run_dir = tmp_path_factory.mktemp(f"one-{name}-{method}")
+            responder = tiny(tiny_sdpa, method)
+            summary = play(name, small[name], run_dir, responder, 1, method=method)
+            states = responder.states() if responder.stateful else []
+            done[name, method] = Reference(run_dir, summary, untimed(run_dir), states)
+        return done[name, method]
+
+    return get
 
 
 @pytest.mark.parametrize("name", BENCHMARK_NAMES)
 def test_the_tiny_model_batched_gives_the_records_and_summary_of_batch_size_one(
-    name: str, small: Datasets, tiny_sdpa: tuple, spy: Callable[..., GenerateSpy], tmp_path: Path
+    name: str,
+    small: Datasets,
+    tiny_sdpa: tuple,
+    reference: Callable[[str, str], Reference],
+    spy: Callable[..., GenerateSpy],
+    tmp_path: Path,
 ) -> None:
-    one = play(name, small[name], tmp_path / "one", tiny(tiny_sdpa), 1)
+    one = reference(name, "gui_kv")
     calls = spy()
-    three = play(name, small[name], tmp_path / "three", tiny(tiny_sdpa), 3)
-    assert three == one
-    assert untimed(tmp_path / "three") == untimed(tmp_path / "one")
-    assert (tmp_path / "three" / SUMMARY_FILE).read_bytes() == (tmp_path / "one" / SUMMARY_FILE).read_bytes()
+    three = play(name, small[name], tmp_path, tiny(tiny_sdpa), 3)
+    assert three == one.summary
+    assert untimed(tmp_path) == one.records
+    assert (tmp_path / SUMMARY_FILE).read_bytes() == (one.run_dir / SUMMARY_FILE).read_bytes()
     assert max(calls.sizes) > 1
-    assert one["samples_failed"] == 0 and 0 < one["savings"]["kv_saved_percent"] < 100
+    assert three["samples_failed"] == 0 and 0 < three["savings"]["kv_saved_percent"] < 100
 
 
 def test_agentnet_batches_hold_one_step_of_each_trajectory_and_its_own_history(
@@ -187,18 +240,20 @@ def test_agentnet_batches_hold_one_step_of_each_trajectory_and_its_own_history(
 
 
 def test_star_kv_keeps_one_state_per_trajectory_in_a_batch(
-    small: Datasets, tiny_sdpa: tuple, spy: Callable[..., GenerateSpy], tmp_path: Path
+    small: Datasets,
+    tiny_sdpa: tuple,
+    reference: Callable[[str, str], Reference],
+    spy: Callable[..., GenerateSpy],
+    tmp_path: Path,
 ) -> None:
-    config = CompressionConfig(method="star_kv", budget=10)
-    one, solo = tiny_run(tiny_sdpa, small["agentnetbench"], tmp_path / "one", config)
+    one = reference("agentnetbench", "star_kv")
     calls = spy()
-    two, batched = tiny_run(tiny_sdpa, small["agentnetbench"], tmp_path / "two", config, batch_size=2)
+    batched = tiny(tiny_sdpa, "star_kv")
+    two = play("agentnetbench", small["agentnetbench"], tmp_path, batched, 2, method="star_kv")
     assert calls.sizes == [2, 2, 2]
-    assert two == one
-    assert untimed(tmp_path / "two") == untimed(tmp_path / "one")
-    assert [json.dumps(c.state.to_dict()) for c in batched.contexts] == [
-        json.dumps(c.state.to_dict()) for c in solo.contexts
-    ]
+    assert two == one.summary
+    assert untimed(tmp_path) == one.records
+    assert batched.states() == one.states
     assert {layer.profile_steps for c in batched.contexts for layer in c.state.layers.values()} == {3}
 
 
@@ -220,16 +275,21 @@ def cpu_allocation_failure() -> RuntimeError:
 
 @pytest.mark.parametrize("kind", list(OUT_OF_MEMORY))
 def test_out_of_memory_halves_the_batch_and_fails_no_sample(
-    kind: str, small: Datasets, tiny_sdpa: tuple, spy: Callable[..., GenerateSpy], tmp_path: Path
+    kind: str,
+    small: Datasets,
+    tiny_sdpa: tuple,
+    reference: Callable[[str, str], Reference],
+    spy: Callable[..., GenerateSpy],
+    tmp_path: Path,
 ) -> None:
-    one = play("screenspot-v2", small["screenspot-v2"], tmp_path / "one", tiny(tiny_sdpa), 1)
+    one = reference("screenspot-v2", "gui_kv")
     make = OUT_OF_MEMORY[kind]
     calls = spy(lambda number, size: make() if size > 2 else None)
     notes: list[str] = []
-    four = play("screenspot-v2", small["screenspot-v2"], tmp_path / "four", tiny(tiny_sdpa), 4, notes)
+    four = play("screenspot-v2", small["screenspot-v2"], tmp_path, tiny(tiny_sdpa), 4, notes)
     assert calls.sizes == [4, 2, 2, 2]  # 4 ran out of memory: 2 + 2, then the last 2 samples
-    assert four == one and four["samples_failed"] == 0
-    assert untimed(tmp_path / "four") == untimed(tmp_path / "one")
+    assert four == one.summary and four["samples_failed"] == 0
+    assert untimed(tmp_path) == one.records
     [note] = [note for note in notes if "out of memory" in note]
     assert "out of memory with 4 samples in a batch" in note and "halving" in note
     assert len(notes) == 1
@@ -251,6 +311,7 @@ def test_an_interrupted_batch_loses_only_that_batch_and_the_resume_completes_the
     first_batches: int,
     small: Datasets,
     tiny_sdpa: tuple,
+    reference: Callable[[str, str], Reference],
     spy: Callable[..., GenerateSpy],
     tmp_path: Path,
 ) -> None:
@@ -258,20 +319,20 @@ def test_an_interrupted_batch_loses_only_that_batch_and_the_resume_completes_the
     batch's own are not; the next run (STaR-KV on AgentNetBench: trajectories re-run from their
     first step) gives the uninterrupted run's records and summary."""
     method = "star_kv" if name == "agentnetbench" else "gui_kv"
-    whole = play(name, small[name], tmp_path / "whole", tiny(tiny_sdpa, method), 1)
+    whole = reference(name, method)
     spy(lambda number, size: KeyboardInterrupt() if number == first_batches + 1 else None)
     with pytest.raises(KeyboardInterrupt):
-        play(name, small[name], tmp_path / "cut", tiny(tiny_sdpa, method), 2)
-    kept = untimed(tmp_path / "cut")
+        play(name, small[name], tmp_path, tiny(tiny_sdpa, method), 2, method=method)
+    kept = untimed(tmp_path)
     assert len(kept) == 2 * first_batches
-    uninterrupted = {row["sample_id"]: row for row in untimed(tmp_path / "whole")}
+    uninterrupted = {row["sample_id"]: row for row in whole.records}
     assert all(row == uninterrupted[row["sample_id"]] for row in kept)
-    assert not (tmp_path / "cut" / SUMMARY_FILE).exists()
+    assert not (tmp_path / SUMMARY_FILE).exists()
     spy()
     notes: list[str] = []
-    resumed = play(name, small[name], tmp_path / "cut", tiny(tiny_sdpa, method), 2, notes)
-    assert resumed == whole
-    assert untimed(tmp_path / "cut") == untimed(tmp_path / "whole")
+    resumed = play(name, small[name], tmp_path, tiny(tiny_sdpa, method), 2, notes, method=method)
+    assert resumed == whole.summary
+    assert untimed(tmp_path) == whole.records
     if name == "agentnetbench":
         assert any("re-running 2 finished samples of unfinished trajectories" in note for note in notes)
 
@@ -318,15 +379,15 @@ def test_cli_batch_size_resumes_the_same_run_directory_with_the_same_summary(
 ) -> None:
     data, images = small["androidcontrol"]
     args = ["eval", "androidcontrol", "--model", str(tiny_dir), "--data", str(data), "--images", str(images)]
-    args += ["--limit", "4", "--max-new-tokens", "4", "--device", "cpu"]
+    args += ["--limit", "3", "--max-new-tokens", "4", "--device", "cpu"]
     one = run_cli([*args, "--output", str(tmp_path / "one")], monkeypatch, capsys)
     assert one.code == 0, one.err
-    three = run_cli([*args, "--output", str(tmp_path / "three"), "--batch-size", "3"], monkeypatch, capsys)
-    assert three.code == 0, three.err
+    two = run_cli([*args, "--output", str(tmp_path / "two"), "--batch-size", "2"], monkeypatch, capsys)
+    assert two.code == 0, two.err
     [(run, summary)] = summaries(tmp_path / "one").items()
-    assert summaries(tmp_path / "three") == {run: summary}
-    again = run_cli([*args, "--output", str(tmp_path / "three"), "--batch-size", "2"], monkeypatch, capsys)
-    assert "4 of 4 samples already done" in again.err
+    assert summaries(tmp_path / "two") == {run: summary}  # same directory name, same summary
+    again = run_cli([*args, "--output", str(tmp_path / "two"), "--batch-size", "3"], monkeypatch, capsys)
+    assert "3 of 3 samples already done" in again.err
 
 
 def test_cli_failed_samples_are_the_same_in_batches(
