@@ -7,6 +7,9 @@ failing samples."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from eval_helpers import (
     Scripted,
     assistant_texts,
     build_all,
+    environment,
     records,
     run_cli,
     summaries,
@@ -460,3 +464,30 @@ def test_opencua_refuses_a_batch_size_above_one(
     assert all("excluded by the benchmark's rules" in notice for notice in notices)
     assert line.startswith("error: --batch-size 4: ") and "expected --batch-size 1" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_two_processes_in_batches_write_the_files_of_one_process_at_batch_size_one(
+    full_size: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Sharding and batching together (torchrun, as `accelerate launch --multi_gpu` starts it):
+    each process batches its own share, and the merged files are those of one unbatched process."""
+    chosen = {name: full_size[name] for name in ("agentnetbench", "mind2web")}
+    for variable, value in environment(chosen).items():
+        monkeypatch.setenv(variable, value)
+    args = ["eval", *chosen, "--model", "oracle"]
+    single = run_cli([*args, "--output", str(tmp_path / "one")], monkeypatch, capsys)
+    assert single.code == 0, single.err
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    completed = subprocess.run(
+        [*launcher, "-m", "guikv_cli", *args, "--batch-size", "3", "--output", str(tmp_path / "two")],
+        env={**os.environ, **environment(chosen), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert one == two and len([p for p in one if p.name == SUMMARY_FILE]) == 2
+    for path in one:
+        assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "two" / path).read_bytes(), path
