@@ -97,8 +97,7 @@ class Batcher(Generic[C, A]):
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self.note(
                 f"out of memory with {failed} samples in a batch ({first_line[:120]}); halving the batch "
-                "until it fits (down to 1) and keeping that size for the rest of this run; "
-                "no sample is failed for it"
+                "and retrying, down to 1, and keeping the size that fits for the rest of this run"
             )
 
 
