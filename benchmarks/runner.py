@@ -9,6 +9,11 @@ re-scoring needs, to the run directory's trace (see `benchmarks.rundir`). Scored
 run again; a sample that raised is recorded as failed, reported apart, and retried by the next run.
 Several processes share the work through a `Shard`.
 
+With a batch size above 1 the samples run side by side (`benchmarks.batching`): each sequence of
+samples that must run in order (`sequence_key`: an AgentNetBench trajectory, any other sample
+alone) is a lane, and one batched model call answers the next call of up to that many lanes. Every
+row of a batch gives what it gives alone, so records and summary are those of batch size 1.
+
 Nothing here prints: progress and warnings go through `RunEvents`, so the CLI decides how to show
 them. torch is only imported when a real model answers, so the oracle runs without it.
 """
@@ -16,7 +21,7 @@ them. torch is only imported when a real model answers, so the oracle runs witho
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from benchmarks import agentnetbench, androidcontrol, mind2web
+from benchmarks.batching import Batcher, Lane, drive
 from benchmarks.common import BenchmarkSpec, LoadResult, SkippedSample, image_size
 from benchmarks.jsonable import to_json
 from benchmarks.prompts import ground_truth_history, history_screenshots, sample_prompt
@@ -108,28 +114,44 @@ def zero_costs() -> dict[str, float]:
     return dict.fromkeys(COST_FIELDS, 0)
 
 
-class Responder(Protocol):
-    """Answers one prompt: a real model through `run_step`, or the oracle.
+@dataclass(frozen=True)
+class Call:
+    """One model call a sample asks for: the prompt, the ground-truth action (only the oracle asks
+    for it), the size of the screenshot the answer is about, and the context of the `state_group`
+    it belongs to (what the responder's `new_context()` gave; it carries a stateful method's state)."""
 
-    `stateful` says whether an answer depends on the calls before it (a compression method with
-    state, STaR-KV): the runner then calls `new_context()` before each `state_group` and re-runs an
-    unfinished group from its first sample on resume.
+    messages: list[Message]
+    expected: Callable[[], Action]
+    image_size: tuple[int, int]
+    context: Any = None
+
+
+class Responder(Protocol):
+    """Answers prompts, one or a batch at a time: a real model through `run_step`, or the oracle.
+
+    `stateful` says whether an answer depends on the calls before it in the same context (a
+    compression method with state, STaR-KV): the runner gives every `state_group` a fresh
+    `new_context()` and re-runs an unfinished group from its first sample on resume. `can_batch`
+    says whether `reply` takes more than one call at a time.
     """
 
     @property
     def stateful(self) -> bool:
-        """Whether answers depend on earlier calls since the last `new_context()`."""
+        """Whether answers depend on earlier calls in the same context."""
         ...
 
-    def new_context(self) -> None:
-        """Forget what earlier calls left (a stateful method starts from an empty state)."""
+    @property
+    def can_batch(self) -> bool:
+        """Whether `reply` answers several calls at once."""
         ...
 
-    def reply(
-        self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
-    ) -> Reply:
-        """The raw text answer to `messages` about a screenshot of `image_size`; `expected` gives the
-        ground-truth action (only the oracle calls it)."""
+    def new_context(self) -> Any:
+        """A fresh context for a new `state_group` (a stateful method starts from an empty state)."""
+        ...
+
+    def reply(self, calls: Sequence[Call]) -> list[Reply]:
+        """The raw text answer to each call, in order (a batch: each answer what it is alone),
+        carrying each call's context on; raises when the batch failed as a whole."""
         ...
 
 
@@ -140,29 +162,46 @@ class OracleResponder:
 
     family: AgentFamily
     stateful: bool = field(default=False, init=False)
+    can_batch: bool = field(default=True, init=False)
 
     def new_context(self) -> None:
-        """Nothing to forget: the oracle keeps no state."""
+        """No context: the oracle keeps no state."""
 
-    def reply(
-        self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
-    ) -> Reply:
-        """The family's text for the ground-truth action; costs are zero."""
-        return Reply(self.family.format_action(expected(), image_size), zero_costs())
+    def reply(self, calls: Sequence[Call]) -> list[Reply]:
+        """The family's text for each call's ground-truth action; costs are zero."""
+        return [
+            Reply(self.family.format_action(call.expected(), call.image_size), zero_costs()) for call in calls
+        ]
+
+
+@dataclass
+class MethodContext:
+    """The state a stateful compression method carries over one `state_group` (None: empty)."""
+
+    state: Any = None
+
+
+def model_can_batch(model: nn.Module) -> bool:
+    """Whether the model's family builds batched prompts under compression (OpenCUA does not: its
+    placeholders are expanded inside the model)."""
+    from guikv.models import adapter_for
+
+    return adapter_for(model).build_batch_inputs is not None
 
 
 @dataclass
 class ModelResponder:
     """A loaded model generating greedily under a compression config, with its costs measured.
 
-    A stateful method's state (`method_state`) is carried from call to call until `new_context()`.
+    A batch of calls is one `run_step` over their conversations (each row as it is alone, its own
+    method state, its own costs; the times are the batch's). A stateful method's state is carried
+    in each call's `MethodContext`, from call to call of the same `state_group`.
     """
 
     model: nn.Module
     processor: Any
     config: CompressionConfig
     max_new_tokens: int
-    method_state: Any = field(default=None, init=False)
 
     @property
     def stateful(self) -> bool:
@@ -171,31 +210,39 @@ class ModelResponder:
 
         return "state" in {f.name for f in fields(METHOD_CLASSES[self.config.method])}
 
-    def new_context(self) -> None:
-        """Drop the carried method state: the next call starts from an empty one."""
-        self.method_state = None
+    @property
+    def can_batch(self) -> bool:
+        """Whether the model's family can run several prompts in one batch (`model_can_batch`)."""
+        return model_can_batch(self.model)
 
-    def reply(
-        self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
-    ) -> Reply:
-        """Run one agent step with `run_step`, continuing the carried method state, and keep its
-        text and cost numbers."""
+    def new_context(self) -> MethodContext:
+        """An empty method state for a new `state_group`."""
+        return MethodContext()
+
+    def reply(self, calls: Sequence[Call]) -> list[Reply]:
+        """Run one agent step per call with one `run_step` (one batch), continuing each call's method
+        state, and keep each text and its cost numbers. The states move on only when the whole
+        batch succeeded."""
         from guikv.step import run_step
 
-        result = run_step(
+        contexts = [call.context if call.context is not None else MethodContext() for call in calls]
+        results = run_step(
             self.model,
             self.processor,
-            messages,
+            [call.messages for call in calls],
             self.config,
             max_new_tokens=self.max_new_tokens,
-            method_state=self.method_state,
+            method_state=[context.state for context in contexts],
         )
-        self.method_state = result.method_state
-        numbers = result.to_dict()
-        costs = {name: numbers[name] for name in COST_FIELDS if name in numbers}
-        kept = result.kept_per_layer
-        costs["kept_tokens"] = sum(kept) / len(kept) if kept else result.prompt_tokens
-        return Reply(result.text, costs)
+        replies = []
+        for context, result in zip(contexts, results, strict=True):
+            context.state = result.method_state
+            numbers = result.to_dict()
+            costs = {name: numbers[name] for name in COST_FIELDS if name in numbers}
+            kept = result.kept_per_layer
+            costs["kept_tokens"] = sum(kept) / len(kept) if kept else result.prompt_tokens
+            replies.append(Reply(result.text, costs))
+        return replies
 
 
 def _no_barrier() -> None:
@@ -248,27 +295,44 @@ class _Turn:
         return self.actions[0]
 
 
+Answer = Reply | Exception
+"""What a sample's call is sent back: the reply, or the exception the call raised on its own."""
+
+Play = Generator[Call, Answer, Record]
+"""A sample being played: yields its model calls one at a time, returns its trace record."""
+
+
 @dataclass
 class _Player:
-    """Plays samples of one benchmark against a responder and turns each into a trace record."""
+    """Plays samples of one benchmark against a responder and turns each into a trace record,
+    handing it to `done` (which writes it) as soon as it is finished."""
 
     spec: BenchmarkSpec
     family: AgentFamily
     responder: Responder
     screenshots: int
     finished: dict[str, Record]
+    done: Callable[[Any, Record], None]
     events: RunEvents = field(default_factory=RunEvents)
-    group: str | None = None
 
-    def play(self, sample: Any) -> Record:
-        """Run one sample to its scored record (never raises on a failed generation: B7); the
-        responder starts a new context when the sample begins a new `state_group`."""
-        group = state_group(sample)
-        if group != self.group:
-            self.responder.new_context()
-            self.group = group
+    def lane(self, samples: Sequence[Any]) -> Lane[Call, Answer]:
+        """Play `samples` (one `sequence_key`) in order, each begun once the one before is done (an
+        AgentNetBench step's prompt holds the outputs of the earlier steps); every `state_group`
+        gets a fresh context from the responder."""
+        group: str | None = None
+        context: Any = None
+        for sample in samples:
+            if state_group(sample) != group:
+                group = state_group(sample)
+                context = self.responder.new_context()
+            record = yield from self.play(sample, context)
+            self.done(sample, record)
+
+    def play(self, sample: Any, context: Any) -> Play:
+        """Run one sample to its scored record (never raises on a failed generation: B7), its calls
+        made in `context`."""
         if self.spec.name == mind2web.SPEC.name:
-            return self._web(sample)
+            return (yield from self._web(sample, context))
         history = None
         extra: Record = {}
         if isinstance(sample, agentnetbench.AgentNetStep):
@@ -277,7 +341,9 @@ class _Player:
             extra["history_screenshots"] = [past.step_num for past in shown]
         messages, image = sample_prompt(self.family, sample, history=history, screenshots=self.screenshots)
         size = image_size(image)
-        turn = self._call(sample, messages, lambda: self.spec.ground_truth_action(sample), size)
+        turn = yield from self._call(
+            sample, Call(messages, lambda: self.spec.ground_truth_action(sample), size, context)
+        )
         return self._record(sample, [turn], ScoringInput(sample, size), extra)
 
     def _history_entry(self, task_id: str, past: agentnetbench.PastStep) -> HistoryEntry:
@@ -288,7 +354,7 @@ class _Player:
             return str(record["raw_output"])
         return ground_truth_history(past)
 
-    def _web(self, sample: mind2web.Mind2WebSample) -> Record:
+    def _web(self, sample: mind2web.Mind2WebSample, context: Any) -> Play:
         """The Mind2Web scroll loop: up to `MAX_MODEL_CALLS` calls, scrolling between blocks."""
         block = 0
         notes: list[str] = []
@@ -296,11 +362,14 @@ class _Player:
         while True:
             current = block
             messages, _ = sample_prompt(self.family, sample, block=current, notes=notes)
-            turn = self._call(
+            turn = yield from self._call(
                 sample,
-                messages,
-                partial(mind2web.ground_truth_action, sample, current),
-                sample.block_sizes[current],
+                Call(
+                    messages,
+                    partial(mind2web.ground_truth_action, sample, current),
+                    sample.block_sizes[current],
+                    context,
+                ),
             )
             turns.append(turn)
             move = mind2web.scroll_step(sample, current, turn.action, len(turns))
@@ -311,21 +380,18 @@ class _Player:
         scoring = ScoringInput(sample, sample.block_sizes[block], {"block": block})
         return self._record(sample, turns, scoring, {"scroll_outputs": [turn.text for turn in turns[:-1]]})
 
-    def _call(
-        self, sample: Any, messages: list[Message], expected: Callable[[], Action], size: tuple[int, int]
-    ) -> _Turn:
-        """Ask the responder and parse its answer; a failure becomes an error turn with an unparsed
+    def _call(self, sample: Any, call: Call) -> Generator[Call, Answer, _Turn]:
+        """Ask for `call`'s answer and parse it; a failure becomes an error turn with an unparsed
         action and no output, never an earlier answer (B7)."""
-        try:
-            reply = self.responder.reply(messages, expected, size)
-        except Exception as error:
-            message = f"{type(error).__name__}: {error}"
+        answer = yield call
+        if isinstance(answer, Exception):
+            message = f"{type(answer).__name__}: {answer}"
             self.events.note(
                 f"{sample.sample_id}: generation failed ({message}); recorded as failed, "
                 "retried by the next run"
             )
             return _Turn("", [Action.unparsed("")], zero_costs(), message)
-        return _Turn(reply.text, parse_output(self.family, reply.text, size), reply.costs)
+        return _Turn(answer.text, parse_output(self.family, answer.text, call.image_size), answer.costs)
 
     def _record(self, sample: Any, turns: list[_Turn], scoring: ScoringInput, extra: Record) -> Record:
         """The trace record of a finished sample: its final output scored through `score_output`."""
@@ -391,6 +457,17 @@ def sample_order(loaded: LoadResult[Any]) -> list[str]:
     return order
 
 
+def sequence_key(sample: Any) -> str:
+    """The samples that must run one after another, in order: an AgentNetBench trajectory (its task
+    id; each step's prompt holds the model's own outputs for the earlier steps); any other sample
+    on its own (AndroidControl and Mind2Web prompts take the earlier actions from the data, so
+    their steps are independent; a Mind2Web sample's scroll calls run in order within it). Every
+    `state_group` lies within one sequence. Sequences are what batches and shards deal out whole."""
+    if isinstance(sample, agentnetbench.AgentNetStep):
+        return sample.task_id
+    return str(sample.sample_id)
+
+
 def state_group(sample: Any) -> str:
     """The samples over which a stateful method's state is carried, as the releases' evaluation
     scripts reset it: an AgentNetBench trajectory (its task id); any other sample on its own (their
@@ -400,14 +477,22 @@ def state_group(sample: Any) -> str:
     return str(sample.sample_id)
 
 
-def assign(spec: BenchmarkSpec, pending: Sequence[Any], shard: Shard) -> list[Any]:
-    """This process's pending samples: every `count`-th from `index`, except AgentNetBench, whose
-    trajectories are dealt out whole (a step's prompt needs the outputs of the earlier steps)."""
-    if spec.name != agentnetbench.SPEC.name:
-        return list(pending[shard.index :: shard.count])
-    tasks = list(dict.fromkeys(sample.task_id for sample in pending))
-    mine = set(tasks[shard.index :: shard.count])
-    return [sample for sample in pending if sample.task_id in mine]
+def assign(pending: Sequence[Any], shard: Shard) -> list[Any]:
+    """This process's pending samples: every `count`-th `sequence_key` from `index`, each sequence
+    dealt out whole (AgentNetBench trajectories: a step's prompt needs the outputs of the earlier
+    steps; any other sample alone, so every `count`-th sample)."""
+    keys = list(dict.fromkeys(sequence_key(sample) for sample in pending))
+    mine = set(keys[shard.index :: shard.count])
+    return [sample for sample in pending if sequence_key(sample) in mine]
+
+
+def sequences(samples: Sequence[Any]) -> list[list[Any]]:
+    """`samples` grouped by `sequence_key`, in order of each sequence's first sample, each sequence in
+    the samples' order."""
+    grouped: dict[str, list[Any]] = {}
+    for sample in samples:
+        grouped.setdefault(sequence_key(sample), []).append(sample)
+    return list(grouped.values())
 
 
 def _percent_saved(records: Sequence[Record], kept: str, full: str) -> float | None:
@@ -501,6 +586,7 @@ def run(
     retry_failed: bool = True,
     shard: Shard | None = None,
     events: RunEvents | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any] | None:
     """Evaluate every sample of `loaded` not yet in `run_dir`'s trace and write the summary.
 
@@ -511,6 +597,13 @@ def run(
     main process merges the shards, puts the trace in dataset order and writes `summary.json`,
     which it returns (other processes return None).
 
+    With `batch_size` > 1 (a responder that `can_batch`) up to that many `sequence_key` sequences
+    run side by side, one batched call answering the next call of each (`benchmarks.batching`);
+    each record is written as soon as its sample is done, so a kill loses at most the samples of
+    the batch in flight. Out of memory halves the batch for the rest of the run (said once) instead
+    of failing samples. The trace and summary are those of batch size 1 (the times excepted: a
+    batch's rows share its wall time).
+
     With a stateful responder the answers depend on sample order within a `state_group`: each group
     starts a new context, and a group left unfinished (interrupted, or with a failed sample to
     retry) is run again from its first sample, so a resumed run gives the numbers of an
@@ -518,6 +611,10 @@ def run(
     """
     shard = shard or Shard()
     events = events or RunEvents()
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size}: expected a positive integer")
+    if batch_size > 1 and not responder.can_batch:
+        raise ValueError(f"batch_size {batch_size}: this responder answers one call at a time")
     order = sample_order(loaded)
     with run_lock(run_dir) if shard.is_main else nullcontext():
         if shard.is_main:
@@ -527,16 +624,20 @@ def run(
         shard.barrier()
         finished = _by_id(read_trace(run_dir / SAMPLES_FILE).records)
         pending = [sample for sample in loaded.samples if sample.sample_id not in finished]
-        mine = assign(spec, pending, shard)
+        mine = assign(pending, shard)
         trace = run_dir / (SAMPLES_FILE if shard.count == 1 else shard_file(shard.index))
-        player = _Player(spec, family, responder, screenshots, finished, events)
         events.start(f"{spec.name} {settings['method']} b{settings['budget']:g}", len(mine))
         with TraceWriter(trace) as writer:
-            for sample in mine:
-                record = player.play(sample)
+
+            def done(sample: Any, record: Record) -> None:
+                """Write a finished sample's record at once and make it the history of later steps."""
                 writer.write(record)
                 finished[sample.sample_id] = record
                 events.advance()
+
+            player = _Player(spec, family, responder, screenshots, finished, done, events)
+            batcher = Batcher(responder.reply, batch_size, events.note)
+            drive((player.lane(samples) for samples in sequences(mine)), batcher)
         shard.barrier()
         if not shard.is_main:
             return None

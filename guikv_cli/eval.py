@@ -3,7 +3,8 @@
 Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
 win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
 re-run resumes, retrying the samples that failed. Under `accelerate launch` (or torchrun) the
-samples are sharded over the processes and the main process merges the traces. A rich progress bar
+samples are sharded over the processes and the main process merges the traces. `--batch-size N`
+runs independent samples in batches (`benchmarks.runner`, `benchmarks.batching`). A rich progress bar
 runs on stderr; one results table per benchmark is printed at the end, and a warning for every run
 with failed samples. `guikv eval --rescore RUN_DIR...` re-scores finished runs with today's
 parsers and metrics instead (`benchmarks.rescore`), loading no model. See docs/eval.md.
@@ -30,7 +31,16 @@ from benchmarks.common import BenchmarkSpec, LoadResult
 from benchmarks.flags import compression_config, quiet_transformers
 from benchmarks.rescore import rescore
 from benchmarks.rundir import format_budget, run_directory
-from benchmarks.runner import ORACLE, ModelResponder, OracleResponder, Responder, RunEvents, Shard, run
+from benchmarks.runner import (
+    ORACLE,
+    ModelResponder,
+    OracleResponder,
+    Responder,
+    RunEvents,
+    Shard,
+    model_can_batch,
+    run,
+)
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
 from guikv.config import CompressionConfig
 from guikv.errors import UserInputError
@@ -70,6 +80,7 @@ _KEY_TYPES: dict[str, str] = {
     "output": "text",
     "resume": "bool",
     "retry_failed": "bool",
+    "batch_size": "int",
     "device": "text",
     "dtype": "text",
     "attn": "text",
@@ -112,6 +123,7 @@ class EvalRequest:
     output: Path
     resume: bool
     retry_failed: bool
+    batch_size: int
     device: str
     dtype: str
     attn: str
@@ -149,6 +161,12 @@ def eval_command(
     ),
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--keep-failed", help="On resume, run the samples that failed again."
+    ),
+    batch_size: int = typer.Option(
+        1,
+        "--batch-size",
+        help="Samples per batched model call (independent samples only: AgentNetBench batches "
+        "steps of different trajectories); halved on out of memory. Not a run setting.",
     ),
     rescore_runs: bool = typer.Option(
         False,
@@ -252,6 +270,7 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
     _positive(values.get("limit"), "--limit", allow_none=True)
     _positive(values.get("screenshots"), "--screenshots")
     _positive(values.get("max_new_tokens"), "--max-new-tokens", allow_none=True)
+    _positive(values.get("batch_size"), "--batch-size")
     level = values["instruction_level"]
     if level not in INSTRUCTION_LEVELS:
         raise UserInputError(f"--instruction-level {level} is invalid: expected high or low")
@@ -276,6 +295,7 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
         output=Path(values["output"]),
         resume=values["resume"],
         retry_failed=values["retry_failed"],
+        batch_size=values["batch_size"],
         device=values["device"],
         dtype=values["dtype"],
         attn=values["attn"],
@@ -356,12 +376,14 @@ def make_shard(device: str) -> tuple[Shard, str]:
 @dataclasses.dataclass(frozen=True)
 class _Agent:
     """What answers the benchmarks: its model id for settings, family, resolved dtype/attention (None
-    for the oracle) and a factory of responders per compression config and token cap."""
+    for the oracle), whether it can answer a batch of prompts at once, and a factory of responders
+    per compression config and token cap."""
 
     model_id: str
     family: AgentFamily
     dtype: str | None
     attn: str | None
+    can_batch: bool
     responder: Callable[[CompressionConfig, int], Responder]
 
 
@@ -369,7 +391,7 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     """The oracle, or the model loaded once for every benchmark and budget."""
     if request.model == ORACLE:
         oracle = OracleResponder(get_family("ui-tars" if request.family == "auto" else request.family))
-        return _Agent(ORACLE, oracle.family, None, None, lambda config, tokens: oracle)
+        return _Agent(ORACLE, oracle.family, None, None, True, lambda config, tokens: oracle)
     from guikv.models import load
     from guikv.models.loading import DTYPES, resolve_attention, resolve_device, resolve_dtype
 
@@ -384,8 +406,23 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     path = Path(request.model).expanduser()
     model_id = str(path.resolve()) if path.is_dir() else request.model
     return _Agent(
-        model_id, family, dtype, attn, lambda config, tokens: ModelResponder(model, processor, config, tokens)
+        model_id,
+        family,
+        dtype,
+        attn,
+        model_can_batch(model),
+        lambda config, tokens: ModelResponder(model, processor, config, tokens),
     )
+
+
+def check_batch_size(request: EvalRequest, agent: _Agent) -> None:
+    """Refuse `--batch-size` above 1 for a model whose prompts cannot be batched (OpenCUA), before
+    any run directory is touched: quietly running at 1 would take many times longer than asked."""
+    if request.batch_size > 1 and not agent.can_batch:
+        raise UserInputError(
+            f"--batch-size {request.batch_size}: {request.model} cannot run several prompts in one batch "
+            "under compression (the model expands its image placeholders itself); expected --batch-size 1"
+        )
 
 
 def run_settings(
@@ -478,6 +515,7 @@ def execute(request: EvalRequest) -> None:
     display = _Display(shard)
     loaded = [(spec, *load_benchmark(spec, request, display.main_note)) for spec in request.benchmarks]
     agent = make_agent(request, device)
+    check_batch_size(request, agent)
     tables: list[Table] = []
     warnings: list[dict[str, Any]] = []
     try:
@@ -499,6 +537,7 @@ def execute(request: EvalRequest) -> None:
                     retry_failed=request.retry_failed,
                     shard=shard,
                     events=display.events(),
+                    batch_size=request.batch_size,
                 )
                 if summary is not None:
                     summaries.append({**summary, "run_dir": str(run_dir)})

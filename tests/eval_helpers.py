@@ -16,7 +16,7 @@ import copy
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import get_benchmark
-from benchmarks.runner import Reply, RunEvents, run, zero_costs
-from guikv.agents import Action, Message, get_family
+from benchmarks.runner import Call, Reply, RunEvents, run, zero_costs
+from guikv.agents import Message, get_family
 from guikv_cli.app import main
 
 MakePng = Callable[[Path, tuple[int, int]], Path]
@@ -322,12 +322,22 @@ def oracle_eval_args(
     ]
 
 
+@dataclass
+class CallCount:
+    """A `Scripted` context: how many calls were made in it."""
+
+    calls: int = 0
+
+
 class Scripted:
     """A responder answering `Thought: <tag> <n>` (n counts calls) and `wait()`, or with `truth` the
-    ground truth in UI-TARS's format (as the oracle); it raises like an out-of-memory GPU on the
-    calls listed in `fail_on` (1-based). With `stateful`, n counts the calls since the last
-    `new_context()` instead, as a stateful method's answers depend on the calls before them;
-    `contexts` lists the call count at which each context began."""
+    ground truth in UI-TARS's format (as the oracle); it raises like an out-of-memory GPU for a
+    batch holding one of the calls listed in `fail_on` (1-based). With `stateful`, n counts the
+    calls made in the call's context instead, as a stateful method's answers depend on the calls
+    before them; `contexts` lists the call count at which each context began, `batches` the size
+    of every batch asked."""
+
+    can_batch = True
 
     def __init__(
         self, tag: str, fail_on: frozenset[int] = frozenset(), *, truth: bool = False, stateful: bool = False
@@ -338,22 +348,30 @@ class Scripted:
         self.stateful = stateful
         self.prompts: list[list[Message]] = []
         self.contexts: list[int] = []
+        self.batches: list[int] = []
 
-    def new_context(self) -> None:
-        """Start counting calls afresh (only `stateful` answers show the count)."""
+    def new_context(self) -> CallCount:
+        """A context counting its calls from zero (only `stateful` answers show the count)."""
         self.contexts.append(len(self.prompts))
+        return CallCount()
 
-    def reply(
-        self, messages: list[Message], expected: Callable[[], Action], image_size: tuple[int, int]
-    ) -> Reply:
-        """Remember the prompt; answer, or fail on the listed calls."""
-        self.prompts.append(messages)
-        if len(self.prompts) in self.fail_on:
+    def reply(self, calls: Sequence[Call]) -> list[Reply]:
+        """Remember the prompts; answer each, or fail the batch when it holds a listed call."""
+        self.batches.append(len(calls))
+        first = len(self.prompts) + 1
+        self.prompts.extend(call.messages for call in calls)
+        if self.fail_on & set(range(first, first + len(calls))):
             raise RuntimeError("CUDA out of memory")
-        if self.truth:
-            return Reply(get_family("ui-tars").format_action(expected(), image_size), zero_costs())
-        count = len(self.prompts) - (self.contexts[-1] if self.stateful and self.contexts else 0)
-        return Reply(f"Thought: {self.tag} {count}\nAction: wait()", zero_costs())
+        replies = []
+        for number, call in enumerate(calls, start=first):
+            call.context.calls += 1
+            if self.truth:
+                text = get_family("ui-tars").format_action(call.expected(), call.image_size)
+            else:
+                text = f"Thought: {self.tag} {call.context.calls if self.stateful else number}"
+                text += "\nAction: wait()"
+            replies.append(Reply(text, zero_costs()))
+        return replies
 
 
 def play_agentnet(
@@ -364,6 +382,7 @@ def play_agentnet(
     *,
     screenshots: int = 2,
     retry_failed: bool = True,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Run an AgentNetBench dataset through `runner.run` with a scripted responder (UI-TARS family)."""
     spec = get_benchmark("agentnetbench")
@@ -380,6 +399,7 @@ def play_agentnet(
         screenshots=screenshots,
         retry_failed=retry_failed,
         events=events,
+        batch_size=batch_size,
     )
     assert summary is not None
     return summary

@@ -24,7 +24,7 @@ from eval_helpers import (
 )
 
 from benchmarks.rundir import SUMMARY_FILE, read_trace, run_lock
-from benchmarks.runner import OracleResponder
+from benchmarks.runner import Call, OracleResponder
 from guikv.agents import Action, get_family
 
 Datasets = dict[str, tuple[Path, Path]]
@@ -203,5 +203,5 @@ def test_read_trace_drops_only_a_partial_last_line(tmp_path: Path) -> None:
 def test_oracle_answers_without_a_model() -> None:
     """The oracle writes the ground truth in the family's format (what `run` parses back)."""
     action = Action.unparsed("anything")
-    reply = OracleResponder(get_family("ui-tars")).reply([], lambda: action, (100, 100))
+    [reply] = OracleResponder(get_family("ui-tars")).reply([Call([], lambda: action, (100, 100))])
     assert reply.text == "anything" and set(reply.costs.values()) == {0}

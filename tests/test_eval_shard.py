@@ -67,7 +67,7 @@ def test_two_processes_equal_one(
 def test_agentnet_is_dealt_out_by_trajectory(env: dict[str, str]) -> None:
     spec = get_benchmark("agentnetbench")
     loaded = spec.load(Path(env["AGENTNETBENCH_DATA"]), Path(env["AGENTNETBENCH_IMGS"]))
-    shares = [assign(spec, loaded.samples, Shard(rank, 2)) for rank in range(2)]
+    shares = [assign(loaded.samples, Shard(rank, 2)) for rank in range(2)]
     assert [{s.task_id for s in share} for share in shares] == [
         {"copy_s_df0fd37049f470c2"},
         {"s_df0fd37049f470c2"},
@@ -78,7 +78,7 @@ def test_agentnet_is_dealt_out_by_trajectory(env: dict[str, str]) -> None:
 def test_other_benchmarks_deal_samples_round_robin(env: dict[str, str]) -> None:
     spec = get_benchmark("androidcontrol")
     loaded = spec.load(Path(env["ANDROIDCONTROL_TEST"]), Path(env["ANDROIDCONTROL_IMGS"]))
-    shares = [[s.step for s in assign(spec, loaded.samples, Shard(rank, 2))] for rank in range(2)]
+    shares = [[s.step for s in assign(loaded.samples, Shard(rank, 2))] for rank in range(2)]
     assert shares == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
 
 

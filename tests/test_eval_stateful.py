@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from eval_helpers import Scripted, agentnetbench, androidcontrol, play_agentnet,
 
 from benchmarks import get_benchmark
 from benchmarks.rundir import SAMPLES_FILE, SUMMARY_FILE
-from benchmarks.runner import ModelResponder, Reply, RunEvents, run, state_group
-from guikv.agents import get_family
+from benchmarks.runner import Call, MethodContext, ModelResponder, Reply, RunEvents, run, state_group
+from guikv.agents import Action, get_family
 from guikv.compressor import compress
 from guikv.config import CompressionConfig
 from guikv.models import adapter_for
@@ -144,21 +145,29 @@ def test_run_step_continues_a_state_as_one_context_would(tiny_sdpa: tuple) -> No
 
 @dataclass
 class StateRecorder(ModelResponder):
-    """The model responder, noting the method state (as JSON) after every call."""
+    """The model responder, noting the method state (as JSON) after every call, and keeping every
+    context it gave (one per trajectory)."""
 
     states: list[str] = field(default_factory=list, init=False)
+    contexts: list[MethodContext] = field(default_factory=list, init=False)
 
-    def reply(self, messages: list[Message], expected: Any, image_size: tuple[int, int]) -> Reply:
-        """Answer as the model responder does, then note the state it carries on."""
-        answer = super().reply(messages, expected, image_size)
-        self.states.append(json.dumps(self.method_state.to_dict()))
-        return answer
+    def new_context(self) -> MethodContext:
+        """A fresh context, kept."""
+        self.contexts.append(super().new_context())
+        return self.contexts[-1]
+
+    def reply(self, calls: Sequence[Call]) -> list[Reply]:
+        """Answer as the model responder does, then note the state each call carries on."""
+        answers = super().reply(calls)
+        self.states.extend(json.dumps(call.context.state.to_dict()) for call in calls)
+        return answers
 
 
 def tiny_run(
-    tiny: tuple, data: tuple[Path, Path], run_dir: Path, config: CompressionConfig
+    tiny: tuple, data: tuple[Path, Path], run_dir: Path, config: CompressionConfig, batch_size: int = 1
 ) -> tuple[dict[str, Any], StateRecorder]:
-    """AgentNetBench with the tiny model under `config` (two screenshots per prompt)."""
+    """AgentNetBench with the tiny model under `config` (two screenshots per prompt), in batches of
+    up to `batch_size` trajectories."""
     spec = get_benchmark("agentnetbench")
     responder = StateRecorder(tiny[0], tiny[1], config, 4)
     settings = {"model": "tiny", "family": "ui-tars", "method": config.method, "budget": config.budget}
@@ -171,6 +180,7 @@ def tiny_run(
         get_family("ui-tars"),
         screenshots=2,
         events=RunEvents(),
+        batch_size=batch_size,
     )
     assert summary is not None
     return summary, responder
@@ -187,7 +197,7 @@ def test_tiny_star_kv_resumed_mid_trajectory_equals_uninterrupted(
     data = two_trajectories(fixtures_dir, tmp_path, make_png)
     config = CompressionConfig(method="star_kv", budget=10)
     whole, responder = tiny_run(tiny_sdpa, data, tmp_path / "whole", config)
-    assert {layer.profile_steps for layer in responder.method_state.layers.values()} == {3}
+    assert {layer.profile_steps for layer in responder.contexts[-1].state.layers.values()} == {3}
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")
     interrupt(tmp_path / "cut", 4)
     resumed, again = tiny_run(tiny_sdpa, data, tmp_path / "cut", config)
@@ -202,5 +212,6 @@ def test_tiny_star_kv_resumed_mid_trajectory_equals_uninterrupted(
 def test_stateless_methods_keep_no_state_across_steps(method: str, tiny_sdpa: tuple) -> None:
     responder = ModelResponder(tiny_sdpa[0], tiny_sdpa[1], CompressionConfig(method=method, budget=30), 2)
     assert not responder.stateful
-    responder.reply(tiny_messages(1)[0], lambda: None, (112, 84))
-    assert responder.method_state is None
+    context = responder.new_context()
+    responder.reply([Call(tiny_messages(1)[0], Action.unparsed, (112, 84), context)])
+    assert context.state is None
