@@ -46,3 +46,6 @@ $(VENV_OLDEST)/.installed: $(VENV)/.installed
 speed: install
 	$(BIN)/python -m benchmarks.speed --model tiny
 	$(BIN)/python -m benchmarks.speed --model qwen7b-shape --layers 2
+	$(BIN)/python -m benchmarks.speed --model tiny --screens 3 --budgets 10 --batch-sizes 1,4,8 --no-flops \
+		--output speed-tiny-batch.json
+	$(BIN)/python -m benchmarks.capacity

@@ -9,7 +9,11 @@ the user sees e.g. `--budget 0 is invalid: expected a percentage in (0, 100]`. I
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import typer
 
 from guikv.config import CompressionConfig
 from guikv.errors import UserInputError
@@ -45,3 +49,55 @@ def quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+def parse_batch_sizes(text: str, flag: str = "--batch-sizes") -> list[int]:
+    """Comma-separated batch sizes (integers >= 1), de-duplicated and sorted; empty text gives []."""
+    sizes = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or int(item) < 1:
+            raise UserInputError(
+                f"{flag}: {item!r} is invalid: expected comma-separated integers >= 1, e.g. 1,4,8"
+            )
+        sizes.append(int(item))
+    return sorted(set(sizes))
+
+
+def parse_percentages(text: str, flag: str = "--budgets") -> list[float]:
+    """Comma-separated percentages in (0, 100], in the order given, duplicates dropped."""
+    values: list[float] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserInputError(
+                f"{flag}: {item!r} is not a number: expected percentages in (0, 100]"
+            ) from None
+        if not 0 < value <= 100:
+            raise UserInputError(
+                f"{flag}: {item} is outside (0, 100]: a budget is a percentage of the prompt"
+            )
+        if value not in values:
+            values.append(value)
+    if not values:
+        raise UserInputError(
+            f"{flag} is empty: expected comma-separated percentages in (0, 100], e.g. 1,5,10"
+        )
+    return values
+
+
+def run_script(function: Callable[..., Any], args: Sequence[str] | None = None) -> None:
+    """Run `function` as a Typer command line (a `python -m benchmarks.X` script) on `args` (default
+    sys.argv): a user mistake (`UserInputError`, a bad flag) is one line on stderr and exit code 2."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(function)
+    try:
+        app(args=list(args) if args is not None else None, standalone_mode=False)
+    except (UserInputError, typer.TyperException) as error:
+        message = str(error) if isinstance(error, UserInputError) else error.format_message()
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)

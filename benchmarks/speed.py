@@ -3,8 +3,10 @@
 Every method runs at every budget on the same prompt (by default 5 screenshots at 1920x1080,
 UI-TARS's pixel range), against one full-cache run made in the same process. Reported, never
 asserted: KV bytes kept/full, scoring time as a share of prefill time, decode ms/token compressed
-and full, and decode FLOPs measured with `FlopCounterMode` beside the analytic count. Rows are
-written to the JSON file as they are measured; re-running the same command resumes.
+and full, and decode FLOPs measured with `FlopCounterMode` beside the analytic count. With
+`--batch-sizes 1,4,8` it adds throughput rows (`benchmarks.throughput`): the full cache and every
+method at every budget, run as batches of that many prompts. Rows are written to the JSON file as
+they are measured; re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks import throughput
+from benchmarks.flags import (
+    compression_config,
+    parse_batch_sizes,
+    parse_percentages,
+    quiet_transformers,
+    run_script,
+)
 from guikv.agents.family import get_family
 from guikv.compressor import compress
 from guikv.config import METHODS
@@ -162,15 +171,23 @@ def main(
     flops: bool = typer.Option(
         True, help="Also count decode FLOPs with FlopCounterMode (one more run per row)."
     ),
-    warmup: bool = typer.Option(True, help="Run the prompt once, untimed, before measuring."),
+    warmup: bool = typer.Option(
+        True, help="Run the prompt once, untimed, before measuring (throughput: before every method)."
+    ),
+    batch_sizes: str = typer.Option(
+        "",
+        help="Comma-separated batch sizes for throughput rows, e.g. 1,4,8 (batch 1, the baseline, is "
+        "always added); empty: none.",
+    ),
 ) -> None:
     """Run every method x budget on one multi-screenshot prompt and report costs against the full cache."""
-    console = Console(width=max(Console().width, 140))
+    console = Console(width=max(Console().width, 170))
     quiet_transformers()
     torch.manual_seed(0)
     output = output or Path(f"speed-{Path(model).name}.json")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    budget_list = [float(b) for b in budgets.split(",") if b.strip()]
+    budget_list = parse_percentages(budgets)
+    batch_list = sorted({1, *parse_batch_sizes(batch_sizes)}) if batch_sizes.strip() else []
     settings = {
         "model": model,
         "layers": layers,
@@ -181,15 +198,26 @@ def main(
         "cpu": os.cpu_count(),
     }
     done: list[dict[str, Any]] = []
+    batch_done: list[throughput.BatchRun] = []
     if output.exists():
         previous = json.loads(output.read_text())
         if previous.get("settings") == settings:
             done = previous["rows"]
-            console.print(f"resuming {output}: {len(done)} rows already measured")
+            batch_done = [throughput.BatchRun.from_row(row) for row in previous.get("throughput", [])]
+            console.print(
+                f"resuming {output}: {len(done)} rows and {len(batch_done)} throughput rows already measured"
+            )
+
+    def save(rows: list[dict[str, Any]], runs: list[throughput.BatchRun]) -> None:
+        document: dict[str, Any] = {"settings": settings, "rows": rows}
+        if runs:
+            document["throughput"] = throughput.throughput_rows(runs)
+        output.write_text(json.dumps(document, indent=2))
+
     loaded, processor = load(model_dir(model, layers))
     family = get_family("ui-tars")
     images = screenshots(screens_dir, screens, (width, height))
-    messages = family.computer_use_messages("Open the display settings", images, [HISTORY] * (screens - 1))
+    messages = throughput.batch_conversations(family, images, HISTORY, 1)[0]
     if warmup:
         run_step(loaded, processor, messages, compression_config(method="full", budget=100), max_new_tokens=2)
     full = next((row for row in done if row["method"] == "full"), None)
@@ -216,16 +244,43 @@ def main(
             except (ValueError, UserInputError) as error:
                 console.print(f"[yellow]{method} at {budget:g}%: not runnable ({error})[/]")
                 continue
-            output.write_text(json.dumps({"settings": settings, "rows": [full, *rows]}, indent=2))
-    output.write_text(json.dumps({"settings": settings, "rows": [full, *rows]}, indent=2))
+            save([full, *rows], batch_done)
+    save([full, *rows], batch_done)
     title = (
         f"{model}: {screens} x {width}x{height}, {full['prompt_tokens']} prompt tokens; "
         f"full cache prefill {full['prefill_seconds']:.2f} s, "
         f"decode {full['decode_ms_per_token_median']:.2f} ms/token (medians)"
     )
     console.print(render(rows, title))
+    if batch_list:
+        conversations = throughput.batch_conversations(family, images, HISTORY, max(batch_list))
+        pairs = [
+            ("full", 100.0),
+            *((method, budget) for method in method_list if method != "full" for budget in budget_list),
+        ]
+        runs = throughput.measure(
+            loaded,
+            processor,
+            conversations,
+            pairs,
+            batch_list,
+            new_tokens,
+            done=batch_done,
+            warmup=warmup,
+            on_run=lambda runs: save([full, *rows], runs),
+            on_skip=lambda method, budget, error: console.print(
+                f"[yellow]{method} at {budget:g}% batched: not runnable ({error})[/]"
+            ),
+        )
+        save([full, *rows], runs)
+        batch_title = (
+            f"{model}: throughput, batches of {screens} x {width}x{height} prompts, {new_tokens} new tokens; "
+            "samples/s and tokens/s over prefill + decode time, against the full cache at batch 1 (full b1) "
+            "and the same method at batch 1 (own b1)"
+        )
+        console.print(throughput.render(throughput.throughput_rows(runs), batch_title))
     console.print(f"wrote {output}")
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_script(main)
