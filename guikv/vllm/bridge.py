@@ -40,7 +40,9 @@ def request_context(
     window_queries = None
     if method.needs_queries:
         window = method.window(layout)
-        window_queries = queries[end - window : end].reshape(window, -1, head_dim).transpose(0, 1).unsqueeze(0)
+        window_queries = (
+            queries[end - window : end].reshape(window, -1, head_dim).transpose(0, 1).unsqueeze(0)
+        )
     return LayerContext(
         keys=request_keys,
         layout=layout,

@@ -20,7 +20,9 @@ def read_back(kv_cache: torch.Tensor, slots: torch.Tensor, isa: str) -> tuple[to
     """Keys and values `[n, H_kv, d]` stored at cache `slots` (int64, `block * block_size +
     offset`) of one layer's CPU cache `[num_blocks, H_kv, block_size, 2*d]`."""
     if isa not in KNOWN_LAYOUT_ISAS:
-        raise ValueError(f"CPU attention kernel {isa!r} has no known cache layout: expected {KNOWN_LAYOUT_ISAS}")
+        raise ValueError(
+            f"CPU attention kernel {isa!r} has no known cache layout: expected {KNOWN_LAYOUT_ISAS}"
+        )
     num_blocks, kv_heads, block_size, fused = kv_cache.shape
     head_dim = fused // 2
     flat = kv_cache.reshape(num_blocks, kv_heads, 2 * block_size * head_dim)

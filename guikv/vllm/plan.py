@@ -17,9 +17,9 @@ from guikv.config import CompressionConfig
 from guikv.layout import TokenLayout
 from guikv.methods import build_method
 
-LEFT_WHOLE_REASONS = ("budget", "short", "text-only")
-"""Why a request keeps its whole prompt: the budget keeps every token; the prompt cannot hold the
-observation window plus one evicted token at this budget; an image method got no image."""
+LEFT_WHOLE_REASONS = ("budget", "text-only", "short")
+"""Why a request keeps its whole prompt: the budget keeps every token; an image method got no
+image; the prompt is too short for its capacity to hold the observation window plus one token."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ def plan_request(
     capacity = kept_count(length, config.budget)
     if capacity >= length:
         return RequestPlan(length, length, "budget")
-    if capacity < method.window(layout) + 1:
-        return RequestPlan(length, length, "short")
     if method.needs_images and not layout.image_spans:
         return RequestPlan(length, length, "text-only")
+    if capacity < method.window(layout) + 1:
+        return RequestPlan(length, length, "short")
     return RequestPlan(length, capacity)
 
 

@@ -57,10 +57,11 @@ class GuiKVCpuPlatform(CpuPlatform):
         ):
             current = getattr(owner, attribute)
             if current not in (default, ours):
-                raise ValueError(f"guikv: {name}={current!r} is set, but the guikv plugin needs its own {name}")
+                raise ValueError(
+                    f"guikv: {name}={current!r} is set, but the guikv plugin needs its own {name}"
+                )
             setattr(owner, attribute, ours)
         super().check_and_update_config(vllm_config)
         refusal = engine_refusal(engine_facts(vllm_config))
         if refusal is not None:
             raise ValueError(f"guikv: {refusal}")
-

@@ -25,7 +25,8 @@ from guikv.models.adapters import ADAPTERS
 from guikv.vllm.plan import RequestPlan, plan_request
 from guikv.vllm.settings import settings_from_additional_config
 
-logger = init_logger("guikv.vllm")
+logger = init_logger(f"vllm.{__name__}")
+"""Under the `vllm` logger tree, so vLLM's log handler prints it."""
 
 
 class ShiftedCoordinator:
@@ -124,7 +125,13 @@ class CompressingScheduler(Scheduler):
         hf_config = self.vllm_config.model_config.hf_config
         self.guikv_image_token_ids = ADAPTERS[hf_config.model_type].image_token_ids(hf_config)
         self.guikv_pending: dict[str, RequestPlan] = {}
-        self.guikv_totals = {"requests": 0, "compressed": 0, "prompt_tokens": 0, "kept_tokens": 0, "blocks_freed": 0}
+        self.guikv_totals = {
+            "requests": 0,
+            "compressed": 0,
+            "prompt_tokens": 0,
+            "kept_tokens": 0,
+            "blocks_freed": 0,
+        }
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's schedule; plans every request whose whole sequence is prefilled in this step."""
@@ -133,14 +140,21 @@ class CompressingScheduler(Scheduler):
             request = self.requests[request_id]
             if count != request.num_tokens or request.num_computed_tokens != count:
                 continue
-            plan = plan_request(request.all_token_ids, self.guikv_settings.compression, self.guikv_image_token_ids)
+            plan = plan_request(
+                request.all_token_ids, self.guikv_settings.compression, self.guikv_image_token_ids
+            )
             self.guikv_totals["requests"] += 1
             self.guikv_totals["prompt_tokens"] += plan.length
             self.guikv_totals["kept_tokens"] += plan.kept
             if plan.left_whole is None:
                 self.guikv_pending[request_id] = plan
             elif self.guikv_settings.log_requests:
-                logger.info("guikv: request %s: %d prompt tokens kept whole (%s)", request_id, plan.length, plan.left_whole)
+                logger.info(
+                    "guikv: request %s: %d prompt tokens kept whole (%s)",
+                    request_id,
+                    plan.length,
+                    plan.left_whole,
+                )
         return output
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:

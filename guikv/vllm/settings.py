@@ -68,11 +68,15 @@ class PluginSettings:
                 f"additional_config.{ADDITIONAL_CONFIG_KEY} has unknown key(s) {unknown}: expected some of "
                 f"{sorted(known)}"
             )
-        flags = {"log_requests": data.get("log_requests", True), "record_positions": data.get("record_positions", False)}
+        flags = {
+            "log_requests": data.get("log_requests", True),
+            "record_positions": data.get("record_positions", False),
+        }
         for key, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(
-                    f"additional_config.{ADDITIONAL_CONFIG_KEY}.{key}={value!r} is invalid: expected true or false"
+                    f"additional_config.{ADDITIONAL_CONFIG_KEY}.{key}={value!r} is invalid: "
+                    "expected true or false"
                 )
         knobs = {k: v for k, v in data.items() if k not in PLUGIN_KEYS}
         try:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from vllm import _custom_ops as ops
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention.attention import Attention
 from vllm.v1.attention.backend import AttentionType
@@ -42,12 +41,14 @@ from guikv.layout import TokenLayout, grids_from_positions
 from guikv.methods import build_method
 from guikv.methods.base import Method
 from guikv.models.adapters import ADAPTERS
-from guikv.vllm.bridge import gather_kept, request_context
+from guikv.vllm.bridge import request_context
 from guikv.vllm.cache_layout import KNOWN_LAYOUT_ISAS
-from guikv.vllm.plan import RequestPlan, physical_slots, plan_request
+from guikv.vllm.compaction import compact
+from guikv.vllm.plan import RequestPlan, plan_request
 from guikv.vllm.settings import PluginSettings, settings_from_additional_config
 
-logger = init_logger("guikv.vllm")
+logger = init_logger(f"vllm.{__name__}")
+"""Under the `vllm` logger tree, so vLLM's log handler prints it."""
 
 RECENT_RECORDS = 4096
 """Per-request records a worker keeps (the oldest are dropped; totals keep counting)."""
@@ -106,7 +107,9 @@ def decoder_attentions(model: nn.Module) -> list[DecoderAttention]:
         found.append(DecoderAttention(index, model.get_submodule(".".join(parts[:-1])), module))
     found.sort(key=lambda layer: layer.index)
     if not found or [layer.index for layer in found] != list(range(len(found))):
-        raise ValueError("guikv found no contiguous decoder attention layers in this model: unsupported model")
+        raise ValueError(
+            "guikv found no contiguous decoder attention layers in this model: unsupported model"
+        )
     return found
 
 
@@ -132,7 +135,13 @@ class CompressingCPUModelRunner(CPUModelRunner):
         self.guikv_shift = {}
         self.guikv_steps = []
         self.guikv_records = deque(maxlen=RECENT_RECORDS)
-        self.guikv_totals = {"requests": 0, "compressed": 0, "prompt_tokens": 0, "kept_tokens": 0, "seconds": 0.0}
+        self.guikv_totals = {
+            "requests": 0,
+            "compressed": 0,
+            "prompt_tokens": 0,
+            "kept_tokens": 0,
+            "seconds": 0.0,
+        }
         self.guikv_hidden: dict[int, torch.Tensor] = {}
         self.guikv_layers: list[DecoderAttention] = []
 
@@ -145,7 +154,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
         if isa not in KNOWN_LAYOUT_ISAS:
             raise ValueError(
                 f"CPU attention kernel {isa!r} (dtype {self.dtype}, head_dim {head_dim}) has a cache layout "
-                f"guikv has not verified: expected one of {KNOWN_LAYOUT_ISAS} (fp32/fp16, or bf16 without AMX)"
+                f"guikv has not verified: expected one of {KNOWN_LAYOUT_ISAS} (fp32/fp16; bf16 without AMX)"
             )
         self.guikv_layers = decoder_attentions(self.model)
         for layer in self.guikv_layers:
@@ -202,7 +211,9 @@ class CompressingCPUModelRunner(CPUModelRunner):
                 continue
             layout = TokenLayout.from_input_ids(torch.tensor(token_ids), self.guikv_image_token_ids)
             if state.mrope_positions is not None and layout.image_spans:
-                grids = grids_from_positions(state.mrope_positions[:, None, : plan.length], layout.image_spans)
+                grids = grids_from_positions(
+                    state.mrope_positions[:, None, : plan.length], layout.image_spans
+                )
                 layout = layout.with_grids(grids) if grids is not None else layout
             self.guikv_steps.append(
                 RequestStep(
@@ -255,9 +266,6 @@ class CompressingCPUModelRunner(CPUModelRunner):
             queries, keys, values = args[:3]
             hidden = self.guikv_hidden[layer.index]
             head_dim = module.head_size
-            kv_cache = module.kv_cache
-            blocks, kv_heads, block_size, _ = kv_cache.shape
-            key_cache, value_cache = kv_cache.view(blocks, kv_heads, 2 * block_size, head_dim).chunk(2, dim=2)
             for step in self.guikv_steps:
                 started = time.perf_counter()
                 context = request_context(
@@ -280,12 +288,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
                         f"guikv: method {step.method.name!r} kept {keep.shape[-1]} positions in layer "
                         f"{layer.index}, the plan says {step.plan.kept}"
                     )
-                kept_keys = gather_kept(keys[step.start : step.end], keep, head_dim)
-                kept_values = gather_kept(values[step.start : step.end], keep, head_dim)
-                slots = physical_slots(step.block_ids, step.plan.kept, block_size)
-                ops.cpu_attn_reshape_and_cache(
-                    kept_keys.contiguous(), kept_values.contiguous(), key_cache, value_cache, slots, module.isa
-                )
+                rows = slice(step.start, step.end)
+                compact(module.kv_cache, keys[rows], values[rows], keep, step.block_ids, module.isa)
                 if self.guikv_settings.record_positions:
                     step.record.positions.append(keep.cpu())
                 step.record.seconds += time.perf_counter() - started
@@ -316,7 +320,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
     def guikv_report(self, clear: bool = False) -> dict[str, Any]:
         """Totals and the recent per-request records (for `collective_rpc` and tests); `clear`
         empties the records after reading them."""
-        records = list(self.guikv_records)
+        records = [asdict(record) for record in self.guikv_records]
         if clear:
             self.guikv_records.clear()
         return {"totals": dict(self.guikv_totals), "records": records}
