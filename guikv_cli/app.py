@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "guikv_cli.eval",
     "guikv_cli.analyze",
     "guikv_cli.compare",
+    "guikv_cli.serve",
 )
 """Each module defines `register(app)` adding its subcommand."""
 

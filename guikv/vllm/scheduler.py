@@ -170,11 +170,16 @@ class CompressingScheduler(Scheduler):
             self.guikv_totals["compressed"] += 1
             self.guikv_totals["blocks_freed"] += freed
             if self.guikv_settings.log_requests:
+                totals = self.guikv_totals
                 logger.info(
-                    "guikv: request %s: %d prompt tokens, kept %d per layer and KV head, %d blocks freed",
+                    "guikv: request %s: %d prompt tokens, kept %d per layer and KV head, %d blocks freed "
+                    "(totals: %d requests, %d compressed, %d blocks freed)",
                     request_id,
                     plan.length,
                     plan.kept,
                     freed,
+                    totals["requests"],
+                    totals["compressed"],
+                    totals["blocks_freed"],
                 )
         return outputs
