@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,16 @@ def flag_value(arguments: Sequence[str], flag: str) -> str | None:
         if argument.startswith(flag + "="):
             return argument.split("=", 1)[1]
     return None
+
+
+def flag_message(message: str) -> str:
+    """A settings error (written for `additional_config.guikv`) in terms of this command's flags."""
+    invalid = re.search(r"CompressionConfig\.(\w+)=(.*?) is invalid: (.*)", message)
+    if invalid is None:
+        return message.replace("additional_config.guikv.", "--")
+    name, value, expected = invalid.groups()
+    flag = f"--{name}" if name in ("method", "budget") else f"--set {name}"
+    return f"{flag}={value} is invalid: {expected}"
 
 
 def vllm_command(
@@ -98,7 +109,7 @@ def serve(
     try:
         plugin = PluginSettings.from_mapping(mapping)
     except ValueError as error:
-        raise UserInputError(str(error).replace("additional_config.guikv.", "--")) from None
+        raise UserInputError(flag_message(str(error))) from None
     if not 0 < port < 65536:
         raise UserInputError(f"--port {port} is invalid: expected 1-65535")
     command = vllm_command(model, plugin, host, port, context.args)

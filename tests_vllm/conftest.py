@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from tiny_model import build_vllm_tiny
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from guikv import CompressionConfig, compress
+from guikv.vllm.tiny import build_vllm_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENS = sorted((ROOT / "examples" / "screens").glob("*.png"))

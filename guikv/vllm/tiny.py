@@ -1,4 +1,5 @@
-"""The tiny Qwen2.5-VL the vLLM tests load: built offline from a config, saved as safetensors.
+"""The tiny Qwen2.5-VL the vLLM tests and benchmark load: built offline from a config, saved as
+safetensors (pure transformers: no vLLM needed to build it).
 
 vLLM's CPU attention takes head sizes 32-512, so its language model has head_dim 64 (hidden 256,
 4 query / 2 KV heads; GUI-KV's rank-32 key subspace is then a proper subspace). Two changes to the
