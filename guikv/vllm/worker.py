@@ -191,8 +191,11 @@ class CompressingCPUModelRunner(CPUModelRunner):
                 self._finish_request(step)
 
     def _plan_step(self, num_scheduled_tokens: np.ndarray) -> None:
-        """Find the requests whose whole sequence is prefilled in this step and plan them."""
+        """Find the requests whose whole sequence is prefilled in this step and plan them; forget
+        the shifts of requests that have left."""
         self.guikv_steps = []
+        for gone in [r for r in self.guikv_shift if r not in self.requests]:
+            del self.guikv_shift[gone]
         batch = self.input_batch
         starts = np.concatenate([[0], np.cumsum(num_scheduled_tokens)])
         for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
