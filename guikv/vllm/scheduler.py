@@ -134,11 +134,13 @@ class CompressingScheduler(Scheduler):
         }
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step."""
+        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step
+        (a prompt given as embeddings has no token ids to plan from: the worker skips it too)."""
         output = super().schedule(*args, **kwargs)
         for request_id, count in output.num_scheduled_tokens.items():
             request = self.requests[request_id]
-            if count != request.num_tokens or request.num_computed_tokens != count:
+            whole_prefill = count == request.num_tokens and request.num_computed_tokens == count
+            if not whole_prefill or request.prompt_embeds is not None:
                 continue
             plan = plan_request(
                 request.all_token_ids, self.guikv_settings.compression, self.guikv_image_token_ids

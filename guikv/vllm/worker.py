@@ -57,16 +57,14 @@ RECENT_RECORDS = 4096
 @dataclass
 class CompressionRecord:
     """What the worker did with one prefill: prompt length, kept count per layer and KV head, why
-    it was left whole (None when compressed), scoring + compaction time (wall, and this process's
-    CPU time, which other jobs on the machine do not inflate), and (when the settings ask for it)
-    the kept positions per layer `[H_kv, C]`."""
+    it was left whole (None when compressed), scoring + compaction wall time, and (when the
+    settings ask for it) the kept positions per layer `[H_kv, C]`."""
 
     request_id: str
     prompt_tokens: int
     kept: int
     left_whole: str | None
     seconds: float = 0.0
-    cpu_seconds: float = 0.0
     positions: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -272,7 +270,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
             hidden = self.guikv_hidden[layer.index]
             head_dim = module.head_size
             for step in self.guikv_steps:
-                started, started_cpu = time.perf_counter(), time.process_time()
+                started = time.perf_counter()
                 context = request_context(
                     step.method,
                     queries=queries,
@@ -298,7 +296,6 @@ class CompressingCPUModelRunner(CPUModelRunner):
                 if self.guikv_settings.record_positions:
                     step.record.positions.append(keep.cpu())
                 step.record.seconds += time.perf_counter() - started
-                step.record.cpu_seconds += time.process_time() - started_cpu
 
         return hook
 
