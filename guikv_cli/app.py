@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "guikv_cli.eval",
     "guikv_cli.analyze",
     "guikv_cli.compare",
+    "guikv_cli.serve",
 )
 """Each module defines `register(app)` adding its subcommand."""
 
@@ -46,7 +47,7 @@ def root(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """KV-cache compression for GUI agents: infer, eval, analyze-attention, compare."""
+    """KV-cache compression for GUI agents: infer, eval, analyze-attention, compare, serve."""
     if context.invoked_subcommand is None:
         typer.echo(context.get_help())
 
