@@ -50,16 +50,25 @@ QWEN7B_ATTENTION = {
 """Qwen2.5-VL-7B's attention shape (28 query heads, 4 KV heads, head_dim 128, hidden 3584); the MLP
 is narrowed so a CPU can run it, which leaves attention and KV costs as in the real model."""
 
+SHAPES = {
+    "qwen7b-shape": QWEN7B_ATTENTION,
+    "qwen7b-layer": {**QWEN7B_ATTENTION, "intermediate_size": 18944},
+}
+"""Built-in model shapes: the 7B attention with a narrowed MLP, and the whole 7B decoder layer (MLP
+width 18,944 as well), whose prefill time per layer is the real model's, so a method's scoring share
+of prefill is measured against the real layer cost (use few layers: the share is per layer)."""
+
 HISTORY = "Thought: The settings icon is at the top right.\nAction: click(start_box='(1650,80)')"
 
 
 def model_dir(model: str, layers: int) -> str:
-    """`tiny`, a directory, or `qwen7b-shape` (built once into the guikv cache with `layers` layers)."""
-    if model != "qwen7b-shape":
+    """`tiny`, a directory, or a built-in shape of `SHAPES` (built once into the guikv cache with
+    `layers` layers)."""
+    if model not in SHAPES:
         return model
-    target = cache_root() / f"speed-qwen7b-shape-{layers}l"
+    target = cache_root() / f"speed-{model}-{layers}l"
     if not (target / "model.safetensors").exists():
-        build_tiny(target, num_hidden_layers=layers, **QWEN7B_ATTENTION)
+        build_tiny(target, num_hidden_layers=layers, **SHAPES[model])
     return str(target)
 
 
@@ -158,7 +167,10 @@ def render(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def main(
-    model: str = typer.Option("tiny", help="tiny, qwen7b-shape (7B attention, few layers), or a model dir."),
+    model: str = typer.Option(
+        "tiny",
+        help="tiny, qwen7b-shape (7B attention, narrow MLP), qwen7b-layer (whole 7B layers), or a model dir.",
+    ),
     layers: int = typer.Option(2, help="Decoder layers of the qwen7b-shape model."),
     methods: str = typer.Option(",".join(m for m in METHODS if m != "full"), help="Comma-separated methods."),
     budgets: str = typer.Option("1,5,10,20,40", help="Comma-separated budgets (percent)."),
