@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from guikv import CompressionConfig, compress
+from guikv.capacity import UI_TARS_15_7B
 from guikv.flops import ModelShape, count_flops, decode_flops, kv_cache_bytes, prefill_flops
 
 
@@ -43,15 +44,7 @@ def test_analytic_prefill_flops_match_the_counter(tiny_sdpa, make_inputs):
 
 
 def test_decode_attention_shrinks_with_the_kept_cache():
-    shape = ModelShape(
-        num_layers=28,
-        hidden_size=3584,
-        num_heads=28,
-        num_kv_heads=4,
-        head_dim=128,
-        intermediate_size=18944,
-        vocab_size=152064,
-    )
+    shape = UI_TARS_15_7B
     full = decode_flops(shape, [20000] * 28, 100)
     kept = decode_flops(shape, [2000] * 28, 100)
     total_saved, attention_saved = kept.saved_vs(full)
