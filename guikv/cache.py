@@ -75,6 +75,8 @@ class CutLayer(DynamicLayer):
         removed = min(-tokens_to_remove, self.physical_length)
         super().crop(-removed)
         self.logical_length -= removed
+        self.prompt_slots = min(self.prompt_slots, self.physical_length)
+        self.slot_padding = tuple(min(pad, self.prompt_slots) for pad in self.slot_padding)
 
     def reset(self) -> None:
         """Empty the layer (logical length 0)."""

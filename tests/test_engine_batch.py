@@ -214,3 +214,14 @@ def test_a_batch_of_star_kv_rows_carries_one_state_per_row(tiny_sdpa):
         assert first[row].method_state is not first[1 - row].method_state
         assert again[row].kept_per_layer == alone_again.kept_per_layer
         assert again[row].generated_ids == alone_again.generated_ids
+
+
+def test_cut_rows_keep_their_slot_padding_through_crop_and_row_selection():
+    layer = cut_two_rows()
+    layer.crop(-2)
+    assert (layer.prompt_slots, layer.slot_padding, layer.logical_length) == (2, (0, 2), 8)
+    assert not layer.slot_visibility()[1].any()
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.slot_padding == (2,) and layer.keys.shape[0] == 1
+    layer.batch_repeat_interleave(2)
+    assert layer.slot_padding == (2, 2) and layer.keys.shape[0] == 2
