@@ -73,7 +73,9 @@ class CutLayer(DynamicLayer):
         if tokens_to_remove > 0:
             raise ValueError(f"CutLayer.crop takes a negative token count, got {tokens_to_remove}")
         removed = min(-tokens_to_remove, self.physical_length)
-        super().crop(-removed)
+        kept = self.physical_length - removed
+        self.keys = self.keys[..., :kept, :]
+        self.values = self.values[..., :kept, :]
         self.logical_length -= removed
         self.prompt_slots = min(self.prompt_slots, self.physical_length)
         self.slot_padding = tuple(min(pad, self.prompt_slots) for pad in self.slot_padding)

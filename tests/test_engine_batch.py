@@ -220,6 +220,7 @@ def test_cut_rows_keep_their_slot_padding_through_crop_and_row_selection():
     layer = cut_two_rows()
     layer.crop(-2)
     assert (layer.prompt_slots, layer.slot_padding, layer.logical_length) == (2, (0, 2), 8)
+    assert layer.physical_length == 2
     assert not layer.slot_visibility()[1].any()
     layer.batch_select_indices(torch.tensor([1]))
     assert layer.slot_padding == (2,) and layer.keys.shape[0] == 1
