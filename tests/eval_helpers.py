@@ -374,35 +374,49 @@ class Scripted:
         return replies
 
 
-def play_agentnet(
+def play_benchmark(
+    name: str,
     data: tuple[Path, Path],
     run_dir: Path,
-    responder: Scripted,
+    responder: Any,
     notes: list[str] | None = None,
     *,
     screenshots: int = 2,
     retry_failed: bool = True,
     batch_size: int = 1,
+    model: str = "scripted",
+    method: str = "gui_kv",
+    budget: float = 10.0,
 ) -> dict[str, Any]:
-    """Run an AgentNetBench dataset through `runner.run` with a scripted responder (UI-TARS family)."""
-    spec = get_benchmark("agentnetbench")
-    loaded = spec.load(*data)
-    settings = {"model": "scripted", "family": "ui-tars", "method": "gui_kv", "budget": 10.0}
-    events = RunEvents(note=(notes if notes is not None else []).append)
+    """Run benchmark `name` on `data` through `runner.run` with `responder` (UI-TARS family); the
+    summary. `model`, `method` and `budget` are the run's settings."""
+    spec = get_benchmark(name)
+    settings = {"model": model, "family": "ui-tars", "method": method, "budget": budget}
     summary = run(
         spec,
-        loaded,
+        spec.load(*data),
         settings,
         run_dir,
         responder,
         get_family("ui-tars"),
         screenshots=screenshots,
         retry_failed=retry_failed,
-        events=events,
+        events=RunEvents(note=(notes if notes is not None else []).append),
         batch_size=batch_size,
     )
     assert summary is not None
     return summary
+
+
+def play_agentnet(
+    data: tuple[Path, Path],
+    run_dir: Path,
+    responder: Scripted,
+    notes: list[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run an AgentNetBench dataset through `runner.run` with a scripted responder (UI-TARS family)."""
+    return play_benchmark("agentnetbench", data, run_dir, responder, notes, **options)
 
 
 def assistant_texts(messages: list[Message]) -> list[str]:

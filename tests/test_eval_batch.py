@@ -24,6 +24,7 @@ from eval_helpers import (
     assistant_texts,
     build_all,
     environment,
+    play_benchmark,
     records,
     run_cli,
     summaries,
@@ -31,10 +32,9 @@ from eval_helpers import (
 )
 from test_eval_stateful import two_trajectories, untimed
 
-from benchmarks import get_benchmark
 from benchmarks.batching import Batcher, is_out_of_memory
 from benchmarks.rundir import SAMPLES_FILE, SUMMARY_FILE
-from benchmarks.runner import Call, MethodContext, ModelResponder, OracleResponder, Reply, RunEvents, run
+from benchmarks.runner import Call, MethodContext, ModelResponder, OracleResponder, Reply
 from guikv.agents import get_family
 from guikv.config import CompressionConfig
 
@@ -91,21 +91,9 @@ def play(
     method: str = "gui_kv",
 ) -> dict[str, Any]:
     """Run benchmark `name` on `data` through `runner.run` (UI-TARS family, two screenshots)."""
-    spec = get_benchmark(name)
-    settings = {"model": "m", "family": "ui-tars", "method": method, "budget": 10.0}
-    summary = run(
-        spec,
-        spec.load(*data),
-        settings,
-        run_dir,
-        responder,
-        get_family("ui-tars"),
-        screenshots=2,
-        events=RunEvents(note=(notes if notes is not None else []).append),
-        batch_size=batch_size,
+    return play_benchmark(
+        name, data, run_dir, responder, notes, batch_size=batch_size, model="m", method=method
     )
-    assert summary is not None
-    return summary
 
 
 @pytest.mark.parametrize("name", BENCHMARK_NAMES)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from eval_helpers import Scripted, agentnetbench, androidcontrol, play_agentnet, records
+from eval_helpers import Scripted, agentnetbench, androidcontrol, play_agentnet, play_benchmark, records
 
 from benchmarks import get_benchmark
 from benchmarks.rundir import SAMPLES_FILE, SUMMARY_FILE
-from benchmarks.runner import Call, MethodContext, ModelResponder, Reply, RunEvents, run, state_group
+from benchmarks.runner import Call, MethodContext, ModelResponder, Reply, run, state_group
 from guikv.agents import Action, get_family
 from guikv.compressor import compress
 from guikv.config import CompressionConfig
@@ -168,21 +168,17 @@ def tiny_run(
 ) -> tuple[dict[str, Any], StateRecorder]:
     """AgentNetBench with the tiny model under `config` (two screenshots per prompt), in batches of
     up to `batch_size` trajectories."""
-    spec = get_benchmark("agentnetbench")
     responder = StateRecorder(tiny[0], tiny[1], config, 4)
-    settings = {"model": "tiny", "family": "ui-tars", "method": config.method, "budget": config.budget}
-    summary = run(
-        spec,
-        spec.load(*data),
-        settings,
+    summary = play_benchmark(
+        "agentnetbench",
+        data,
         run_dir,
         responder,
-        get_family("ui-tars"),
-        screenshots=2,
-        events=RunEvents(),
         batch_size=batch_size,
+        model="tiny",
+        method=config.method,
+        budget=config.budget,
     )
-    assert summary is not None
     return summary, responder
 
 
