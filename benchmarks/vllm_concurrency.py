@@ -32,7 +32,7 @@ from rich.console import Console
 from transformers import AutoProcessor
 
 from guikv.models.tiny import cache_root
-from guikv.vllm.tiny import build_vllm_tiny
+from guikv.vllm.tiny import build_vllm_tiny, tiny_engine_args
 
 REPO_SCREENS = Path(__file__).resolve().parents[1] / "examples" / "screens"
 MIB = 2**20
@@ -67,21 +67,9 @@ def run(method: str, budget: float, kv_mib: int, requests: int, max_tokens: int)
     from vllm import LLM, SamplingParams
 
     model = tiny_model()
-    extra = {} if method == "full" else {"additional_config": {"guikv": {"method": method, "budget": budget}}}
-    llm = LLM(
-        model=str(model),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=32,
-        enable_prefix_caching=False,
-        enable_chunked_prefill=False,
-        max_model_len=8192,
-        max_num_batched_tokens=8192,
-        max_num_seqs=256,
-        kv_cache_memory_bytes=kv_mib * MIB,
-        limit_mm_per_prompt={"image": 3},
-        **extra,
-    )
+    guikv = None if method == "full" else {"method": method, "budget": budget}
+    args = tiny_engine_args(model, kv_cache_bytes=kv_mib * MIB, max_len=8192, guikv=guikv)
+    llm = LLM(**args, max_num_seqs=256)
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)

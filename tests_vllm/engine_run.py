@@ -22,24 +22,15 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 from PIL import Image
 from vllm import LLM, SamplingParams
 
+from guikv.vllm.tiny import tiny_engine_args
+
 
 def engine(spec: dict[str, Any]) -> LLM:
-    """The engine a SPEC describes: fp32, eager, block size 32, prefix caching and chunked prefill off."""
-    extra = {"additional_config": {"guikv": spec["guikv"]}} if spec.get("guikv") is not None else {}
-    return LLM(
-        model=spec["model"],
-        dtype="float32",
-        enforce_eager=True,
-        block_size=32,
-        enable_prefix_caching=False,
-        enable_chunked_prefill=False,
-        max_model_len=4096,
-        max_num_batched_tokens=4096,
-        kv_cache_memory_bytes=spec["kv_cache_bytes"],
-        limit_mm_per_prompt={"image": 3},
-        seed=0,
-        **extra,
+    """The engine a SPEC describes (`tiny_engine_args`, seed 0)."""
+    args = tiny_engine_args(
+        spec["model"], kv_cache_bytes=spec["kv_cache_bytes"], max_len=4096, guikv=spec.get("guikv")
     )
+    return LLM(**args, seed=0)
 
 
 def request_blocks(scheduler: Any) -> dict[str, list[int]]:

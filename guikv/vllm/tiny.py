@@ -13,6 +13,7 @@ noise).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,3 +39,26 @@ def build_vllm_tiny(path: Path, seed: int = 0) -> Path:
             weights[name] = 0.5 + torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype)
     save_file(weights, weights_file, metadata={"format": "pt"})
     return path
+
+
+def tiny_engine_args(
+    model: Path | str, *, kv_cache_bytes: int, max_len: int, guikv: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`vllm.LLM` keyword arguments for the tiny model as the tests and the benchmark run it: fp32,
+    block size 32, up to 3 images a prompt, a fixed KV space, and the engine settings the plugin
+    needs (eager, prefix caching and chunked prefill off, a whole prompt per step); the plugin is
+    on when `guikv` (its settings) is given."""
+    extra = {"additional_config": {"guikv": guikv}} if guikv is not None else {}
+    return {
+        "model": str(model),
+        "dtype": "float32",
+        "enforce_eager": True,
+        "block_size": 32,
+        "enable_prefix_caching": False,
+        "enable_chunked_prefill": False,
+        "max_model_len": max_len,
+        "max_num_batched_tokens": max_len,
+        "kv_cache_memory_bytes": kv_cache_bytes,
+        "limit_mm_per_prompt": {"image": 3},
+        **extra,
+    }
