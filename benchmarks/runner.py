@@ -182,11 +182,11 @@ class MethodContext:
 
 
 def model_can_batch(model: nn.Module) -> bool:
-    """Whether the model's family builds batched prompts under compression (OpenCUA does not: its
-    placeholders are expanded inside the model)."""
+    """Whether the model's family can run a batch of prompts under compression (OpenCUA cannot:
+    its placeholders are expanded inside the model)."""
     from guikv.models import adapter_for
 
-    return adapter_for(model).build_batch_inputs is not None
+    return adapter_for(model).prepare_batch_decode is not None
 
 
 @dataclass

@@ -9,6 +9,9 @@ keeps only those, so padding is never kept and never scored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 
 PADDING_HINT = "set processor.tokenizer.padding_side = 'left' before building the batch"
@@ -51,3 +54,31 @@ def row_grids(
         return None
     start = sum(images_per_row[:row])
     return image_grid_thw[start : start + images_per_row[row]]
+
+
+def left_padded(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The left-padded batch of several prompts' inputs, each built alone (one row each): every
+    [1, L_r] tensor (input_ids, attention_mask, mm_token_type_ids, ...) padded on the left to the
+    longest row (input ids with `pad_token_id`, the rest with 0), the per-image tensors
+    (image_grid_thw, ...) joined in row order; pixel tensors are left out (the padded batch
+    describes prompts already prefilled)."""
+    lengths = [int(row["input_ids"].shape[-1]) for row in rows]
+    longest = max(lengths)
+    batch: dict[str, torch.Tensor] = {}
+    for name, first in rows[0].items():
+        if not isinstance(first, torch.Tensor) or name.startswith("pixel_values"):
+            continue
+        tensors = [row[name] for row in rows]
+        if first.dim() == 2 and all(
+            tensor.shape == (1, length) for tensor, length in zip(tensors, lengths, strict=True)
+        ):
+            value = pad_token_id if name == "input_ids" else 0
+            batch[name] = torch.cat(
+                [
+                    torch.nn.functional.pad(tensor, (longest - length, 0), value=value)
+                    for tensor, length in zip(tensors, lengths, strict=True)
+                ]
+            )
+        else:
+            batch[name] = torch.cat(tensors)
+    return batch

@@ -192,3 +192,39 @@ def _mask_values(visible: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return visible
     hidden = torch.tensor(torch.finfo(like.dtype).min, dtype=like.dtype, device=like.device)
     return torch.where(visible, torch.zeros((), dtype=like.dtype, device=like.device), hidden)
+
+
+def stack_rows(caches: Sequence[Any]) -> Any:
+    """One batch cache from the caches of prompts prefilled one at a time (each one row, holding
+    only its prompt, cut or whole): the cache `compress()` leaves after prefilling them as one
+    left-padded batch. In every layer each row's entries are right-aligned in the largest row's
+    count, the leading slots of a shorter row are empty (`slot_padding`, hidden by `fit_mask`), and
+    the logical length is the longest prompt's (the padded batch's length).
+
+    Returns the first cache with its layers replaced; raises `ValueError` for a cache of several
+    rows or one that already holds tokens appended after its prompt.
+    """
+    batch = caches[0]
+    for index in range(len(batch.layers)):
+        layers = [cache.layers[index] for cache in caches]
+        for layer in layers:
+            appended = isinstance(layer, CutLayer) and layer.physical_length != layer.prompt_slots
+            if int(layer.keys.shape[0]) != 1 or appended:
+                raise ValueError(
+                    "stack_rows() takes single-row caches holding only their prompt "
+                    f"(layer {index}: {int(layer.keys.shape[0])} rows, appended tokens: {appended})"
+                )
+        slots = max(physical_length(layer) for layer in layers)
+        padding = [slots - physical_length(layer) for layer in layers]
+        batch.layers[index] = CutLayer(
+            torch.cat([_pad_slots(layer.keys, pad) for layer, pad in zip(layers, padding, strict=True)]),
+            torch.cat([_pad_slots(layer.values, pad) for layer, pad in zip(layers, padding, strict=True)]),
+            logical_length=max(layer.get_seq_length() for layer in layers),
+            slot_padding=padding,
+        )
+    return batch
+
+
+def _pad_slots(tensor: torch.Tensor, slots: int) -> torch.Tensor:
+    """[1, H_kv, n, d] with `slots` zero entries put in front (slots no mask lets a query see)."""
+    return torch.nn.functional.pad(tensor, (0, 0, slots, 0)) if slots else tensor

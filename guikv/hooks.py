@@ -10,6 +10,7 @@ The cache reaches an attention module as `cache=` from transformers 5.24 on and 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ def cache_argument(kwargs: dict[str, Any]) -> Any:
         if cache is not None:
             return cache
     return None
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword `model.forward` (and so `generate()`) takes a cache by in this transformers."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((keyword for keyword in CACHE_KEYWORDS if keyword in parameters), CACHE_KEYWORDS[-1])
 
 
 def output_cache(output: Any) -> Any:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 import torch
 from torch import nn
 
-from guikv.batch import row_grids
-from guikv.compressor import compress
+from guikv.batch import left_padded, row_grids
+from guikv.cache import kv_bytes, stack_rows
+from guikv.compressor import CompressionReport, RowRecord, compress
 from guikv.config import CompressionConfig
 from guikv.flops import Flops, ModelShape, decode_flops
+from guikv.hooks import cache_keyword, output_cache
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for
 from guikv.models.inputs import Message
@@ -204,18 +206,21 @@ def run_steps(
     oracle_mass: bool = False,
     method_states: Sequence[Any] | None = None,
 ) -> list[StepResult]:
-    """One agent step for each of several conversations, in one left-padded batch.
+    """One agent step for each of several conversations, decoded as one batch.
 
-    Each row is compressed on its own (its layout, capacity, kept positions and method state) and
-    its result holds its own figures: prompt and kept tokens, KV bytes, FLOPs, generated tokens
-    (up to its first end-of-sequence token, as alone). The times are the batch's (`batch_size`
-    rows shared them). A family that cannot be batched (OpenCUA) raises for more than one row.
+    A batch prefills its rows one at a time, each exactly as alone (its layout, capacity, kept
+    positions and method state), then decodes them together on their stacked cut caches (see
+    `_generate_row_by_row` for why). Each result holds its own figures: prompt and kept tokens, KV
+    bytes, FLOPs, generated tokens (up to its first end-of-sequence token, as alone). The times are
+    the batch's (`batch_size` rows shared them). A family that cannot be batched (OpenCUA) raises
+    for more than one row.
     """
     adapter = adapter_for(model)
     rows = len(conversations)
     if rows == 0:
         raise ValueError("run_steps() needs at least one conversation")
-    if rows > 1 and adapter.build_batch_inputs is None:
+    prepare_batch_decode = adapter.prepare_batch_decode
+    if rows > 1 and prepare_batch_decode is None:
         raise ValueError(
             f"{type(model).__name__} ({adapter.family}) prompts cannot be batched under compression: "
             "use batch size 1"
@@ -227,80 +232,233 @@ def run_steps(
         raise ValueError(
             f"{len(states)} method states for {rows} conversations: expected one per conversation"
         )
-    inputs = (
-        adapter.build_inputs(processor, conversations[0])
-        if rows == 1
-        else adapter.build_batch_inputs(processor, conversations)
-    ).to(model.device)
+    inputs = [adapter.build_inputs(processor, messages).to(model.device) for messages in conversations]
+    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, _eos_ids(model))
     clock = _ForwardClock(model.device)
     handle = model.register_forward_hook(clock, with_kwargs=True)
-    probe = OracleMassProbe(len(adapter.attention_modules(model))) if oracle_mass else None
-    probe_handles = probe.attach(adapter.attention_modules(model)) if probe is not None else []
-    state = states if rows > 1 else states[0]
     try:
-        with (
-            torch.no_grad(),
-            compress(model, config, record_positions=record_positions, method_state=state) as report,
-        ):
-            start = time.perf_counter()
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                return_dict_in_generate=True,
-                output_logits=keep_first_decode_logits,
+        with torch.no_grad():
+            run = (
+                _generate_alone(model, inputs[0], settings, clock, states[0], oracle_mass)
+                if rows == 1
+                else _generate_row_by_row(
+                    model, processor, inputs, settings, clock, states, prepare_batch_decode
+                )
             )
     finally:
         handle.remove()
-        for probe_handle in probe_handles:
-            probe_handle.remove()
     shape = ModelShape.from_config(model.config)
-    grids = inputs.get("image_grid_thw", inputs.get("grid_thws"))
     merge = getattr(getattr(processor, "image_processor", None), "merge_size", 1)
-    layouts = [
-        layout or TokenLayout(row.prompt_tokens, ())
-        for layout, row in zip(report.layouts, report.rows, strict=True)
-    ]
-    eos = _eos_ids(model)
     results = []
-    for index, (row, layout) in enumerate(zip(report.rows, layouts, strict=True)):
-        generated = _until_eos(out.sequences[index, inputs["input_ids"].shape[1] :], eos)
-        steps = max(0, generated.numel() - 1)
-        row_grids_thw = row_grids(grids, [item.num_images for item in layouts], index)
+    for row in run.rows:
+        steps = max(0, row.tokens.numel() - 1)
+        record = row.record
         results.append(
             StepResult(
-                text=processor.batch_decode(generated[None], skip_special_tokens=True)[0],
-                prompt_tokens=row.prompt_tokens,
-                generated_tokens=int(generated.numel()),
-                kept_per_layer=list(row.kept_per_layer),
-                kv_bytes_full=row.kv_bytes_full,
-                kv_bytes_kept=row.kv_bytes_kept,
-                decode_flops_full=decode_flops(shape, [row.prompt_tokens] * shape.num_layers, steps),
-                decode_flops_kept=decode_flops(shape, row.kept_per_layer, steps),
-                prefill_seconds=clock.ends[0] - start,
-                decode_seconds=clock.ends[-1] - clock.ends[0],
-                decode_step_seconds=[end - previous for previous, end in itertools.pairwise(clock.ends)],
-                scoring_seconds=report.scoring_seconds,
-                layout=layout,
+                text=processor.batch_decode(row.tokens[None], skip_special_tokens=True)[0],
+                prompt_tokens=record.prompt_tokens,
+                generated_tokens=int(row.tokens.numel()),
+                kept_per_layer=list(record.kept_per_layer),
+                kv_bytes_full=record.kv_bytes_full,
+                kv_bytes_kept=record.kv_bytes_kept,
+                decode_flops_full=decode_flops(shape, [record.prompt_tokens] * shape.num_layers, steps),
+                decode_flops_kept=decode_flops(shape, record.kept_per_layer, steps),
+                prefill_seconds=run.prefill_seconds,
+                decode_seconds=sum(run.decode_step_seconds),
+                decode_step_seconds=list(run.decode_step_seconds),
+                scoring_seconds=run.scoring_seconds,
+                layout=row.layout,
                 image_grids=(
-                    [(t, h // merge, w // merge) for t, h, w in row_grids_thw.tolist()]
-                    if row_grids_thw is not None
+                    [(t, h // merge, w // merge) for t, h, w in row.grids.tolist()]
+                    if row.grids is not None
                     else []
                 ),
-                kept_positions=list(row.kept_positions),
-                generated_ids=generated.tolist(),
-                first_decode_logits=(
-                    out.logits[1][index].float().cpu()
-                    if keep_first_decode_logits and len(out.logits) > 1
-                    else None
-                ),
-                oracle_mass=probe.mass() if probe is not None else None,
-                method_state=report.method_states[index] if report.method_states else None,
+                kept_positions=list(record.kept_positions),
+                generated_ids=row.tokens.tolist(),
+                first_decode_logits=row.first_decode_logits,
+                oracle_mass=run.oracle_mass,
+                method_state=row.method_state,
                 batch_size=rows,
-                kv_bytes_stored=report.kv_bytes_stored,
+                kv_bytes_stored=run.kv_bytes_stored,
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How every row of a step generates: greedily, up to `max_new_tokens` or an `eos` token."""
+
+    config: CompressionConfig
+    max_new_tokens: int
+    record_positions: bool
+    keep_first_decode_logits: bool
+    eos: set[int]
+
+
+@dataclass
+class _Row:
+    """One conversation's generation: its new tokens (up to its first end-of-sequence token), what
+    its prefill kept, its layout, its screenshots' `image_grid_thw` rows and its method state."""
+
+    tokens: torch.Tensor
+    record: RowRecord
+    layout: TokenLayout
+    grids: torch.Tensor | None
+    method_state: Any
+    first_decode_logits: torch.Tensor | None
+
+
+@dataclass
+class _Run:
+    """A step's rows and what they shared: the prefill time (all rows), each decode forward's time,
+    the scoring time, the bytes the cut prompt cache stores and the oracle probe's mass."""
+
+    rows: list[_Row]
+    prefill_seconds: float
+    decode_step_seconds: list[float]
+    scoring_seconds: float
+    kv_bytes_stored: int
+    oracle_mass: torch.Tensor | None = None
+
+
+def _prefilled_row(
+    report: CompressionReport,
+    inputs: Any,
+    tokens: torch.Tensor,
+    first_decode_logits: torch.Tensor | None,
+) -> _Row:
+    """A row from the report of its own prefill (a context that compressed this prompt alone)."""
+    record = report.rows[0]
+    layout = report.layouts[0] or TokenLayout(record.prompt_tokens, ())
+    grids = inputs.get("image_grid_thw", inputs.get("grid_thws"))
+    return _Row(
+        tokens=tokens,
+        record=record,
+        layout=layout,
+        grids=row_grids(grids, [layout.num_images], 0),
+        method_state=report.method_state,
+        first_decode_logits=first_decode_logits.float().cpu() if first_decode_logits is not None else None,
+    )
+
+
+def _generate_alone(
+    model: nn.Module,
+    inputs: Any,
+    settings: _Settings,
+    clock: _ForwardClock,
+    method_state: Any,
+    oracle_mass: bool,
+) -> _Run:
+    """One conversation: one `generate()` under `compress()` (with the oracle probe if asked)."""
+    adapter = adapter_for(model)
+    probe = OracleMassProbe(len(adapter.attention_modules(model))) if oracle_mass else None
+    probe_handles = probe.attach(adapter.attention_modules(model)) if probe is not None else []
+    try:
+        with compress(
+            model, settings.config, record_positions=settings.record_positions, method_state=method_state
+        ) as report:
+            start = time.perf_counter()
+            out = model.generate(
+                **inputs,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_logits=settings.keep_first_decode_logits,
+            )
+    finally:
+        for probe_handle in probe_handles:
+            probe_handle.remove()
+    logits = out.logits[1][0] if settings.keep_first_decode_logits and len(out.logits) > 1 else None
+    tokens = _until_eos(out.sequences[0, inputs["input_ids"].shape[1] :], settings.eos)
+    return _Run(
+        rows=[_prefilled_row(report, inputs, tokens, logits)],
+        prefill_seconds=clock.ends[0] - start,
+        decode_step_seconds=[end - previous for previous, end in itertools.pairwise(clock.ends)],
+        scoring_seconds=report.scoring_seconds,
+        kv_bytes_stored=report.kv_bytes_stored,
+        oracle_mass=probe.mass() if probe is not None else None,
+    )
+
+
+def _generate_row_by_row(
+    model: nn.Module,
+    processor: Any,
+    inputs: Sequence[Any],
+    settings: _Settings,
+    clock: _ForwardClock,
+    method_states: Sequence[Any],
+    prepare_batch_decode: Callable[[nn.Module, Mapping[str, torch.Tensor]], None],
+) -> _Run:
+    """Several conversations: prefill and compress each alone, then decode them as one batch.
+
+    Prefilling the left-padded batch at once would cost more than its rows alone: each prompt is
+    padded to the longest, the kernels get an explicit [B, 1, L, L] mask instead of their causal
+    path (sdpa's masked CPU kernel measured about 5x slower), and every row's uncompressed cache and
+    activations exist together. Decoding is where a batch pays: one forward per token for all rows,
+    each reading its small cut cache. So each row's prefill is its solo run's (the same kept
+    positions by construction); their caches are stacked into the cache `compress()` leaves after a
+    left-padded batch (`stack_rows`), the model's position state is set for that padded batch, and
+    one `generate()` continues every row from its first token.
+
+    The prefill time covers every row's prefill and the stacking; each decode step is timed from
+    the previous forward's end (the first from the stacking's end).
+    """
+    config = settings.config
+    start = time.perf_counter()
+    reports, caches, firsts = [], [], []
+    for row_inputs, state in zip(inputs, method_states, strict=True):
+        with compress(
+            model, config, record_positions=settings.record_positions, method_state=state
+        ) as report:
+            out = model.generate(
+                **row_inputs, max_new_tokens=1, do_sample=False, return_dict_in_generate=True
+            )
+        reports.append(report)
+        caches.append(output_cache(out))
+        firsts.append(out.sequences[:, -1:])
+    tokenizer = getattr(processor, "tokenizer", processor)
+    batch = left_padded(inputs, getattr(tokenizer, "pad_token_id", None) or 0)
+    cache = stack_rows(caches)
+    stored = sum(
+        kv_bytes(layer.physical_length, layer.keys.shape[1], layer.keys.shape[3], layer.dtype, len(inputs))
+        for layer in cache.layers
+    )
+    prepare_batch_decode(model, batch)
+    first = torch.cat(firsts)
+    decoded = first.new_zeros(len(inputs), 0)
+    logits: torch.Tensor | None = None
+    decode_start, forwards_before = time.perf_counter(), len(clock.ends)
+    if settings.max_new_tokens > 1 and not set(first[:, 0].tolist()) <= settings.eos:
+        with compress(model, config):
+            out = model.generate(
+                input_ids=torch.cat([batch["input_ids"], first], dim=-1),
+                attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(first)], dim=-1),
+                max_new_tokens=settings.max_new_tokens - 1,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_logits=settings.keep_first_decode_logits,
+                **{cache_keyword(model): cache},
+            )
+        decoded = out.sequences[:, batch["input_ids"].shape[1] + 1 :]
+        logits = out.logits[0] if settings.keep_first_decode_logits else None
+    ends = [decode_start, *clock.ends[forwards_before:]]
+    rows = [
+        _prefilled_row(
+            report,
+            row_inputs,
+            _until_eos(torch.cat([first[index], decoded[index]]), settings.eos),
+            logits[index] if logits is not None else None,
+        )
+        for index, (report, row_inputs) in enumerate(zip(reports, inputs, strict=True))
+    ]
+    return _Run(
+        rows=rows,
+        prefill_seconds=decode_start - start,
+        decode_step_seconds=[end - previous for previous, end in itertools.pairwise(ends)],
+        scoring_seconds=sum(report.scoring_seconds for report in reports),
+        kv_bytes_stored=stored,
+    )
 
 
 def _eos_ids(model: nn.Module) -> set[int]:

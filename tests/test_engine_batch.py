@@ -4,13 +4,16 @@ what it keeps alone and generates the same tokens, for every method, with sdpa a
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
+from transformers.cache_utils import DynamicLayer
 
 from guikv import METHODS, CompressionConfig, compress, select_tokens
-from guikv.cache import CutLayer, fit_mask
+from guikv.batch import left_padded
+from guikv.cache import CutLayer, fit_mask, stack_rows
 from guikv.models.inputs import qwen_batch_inputs, qwen_inputs
 from guikv.step import run_step
 
@@ -176,15 +179,16 @@ def test_fit_mask_keeps_the_causal_tail_of_a_continuation():
     assert not fitted[1, 0, :, :2].any() and fitted[1, 0, :, 2].all()
 
 
-def test_run_step_on_a_list_of_conversations_gives_each_its_solo_result(tiny_sdpa):
-    model, processor = tiny_sdpa
-    config = CompressionConfig(method="gui_kv", budget=BUDGET)
-    batch = run_step(model, processor, ROWS, config, max_new_tokens=NEW_TOKENS, record_positions=True)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", METHODS)
+def test_run_step_on_a_list_of_conversations_gives_each_its_solo_result(request, attention, method):
+    model, processor = request.getfixturevalue(f"tiny_{attention}")
+    config = CompressionConfig(method=method, budget=BUDGET)
+    options = {"max_new_tokens": NEW_TOKENS, "record_positions": True, "keep_first_decode_logits": True}
+    batch = run_step(model, processor, ROWS, config, **options)
     assert [result.batch_size for result in batch] == [3, 3, 3]
     for conversation_messages, result in zip(ROWS, batch, strict=True):
-        alone = run_step(
-            model, processor, conversation_messages, config, max_new_tokens=NEW_TOKENS, record_positions=True
-        )
+        alone = run_step(model, processor, conversation_messages, config, **options)
         assert result.generated_ids == alone.generated_ids
         assert result.text == alone.text
         assert result.prompt_tokens == alone.prompt_tokens
@@ -196,7 +200,37 @@ def test_run_step_on_a_list_of_conversations_gives_each_its_solo_result(tiny_sdp
         assert all(
             torch.equal(a, b) for a, b in zip(result.kept_positions, alone.kept_positions, strict=True)
         )
+        torch.testing.assert_close(result.first_decode_logits, alone.first_decode_logits, atol=1e-4, rtol=0)
     assert batch[0].kv_bytes_stored >= sum(result.kv_bytes_kept for result in batch)
+    assert len(batch[0].decode_step_seconds) == NEW_TOKENS - 1
+
+
+def test_run_step_prefills_a_batch_one_row_at_a_time_and_decodes_it_together(tiny_sdpa):
+    model, processor = tiny_sdpa
+    shapes: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        run_step(model, processor, ROWS, CompressionConfig(method="snapkv", budget=BUDGET), max_new_tokens=3)
+    finally:
+        handle.remove()
+    prompts = [qwen_inputs(processor, rows)["input_ids"].shape for rows in ROWS]
+    assert shapes == [tuple(shape) for shape in prompts] + [(3, 1), (3, 1)]
+
+
+def test_run_step_batch_of_rows_that_all_end_at_once_decodes_nothing_more(tiny_sdpa):
+    model, processor = tiny_sdpa
+    config = CompressionConfig(method="gui_kv", budget=BUDGET)
+    first = [run_step(model, processor, rows, config, max_new_tokens=1).generated_ids[0] for rows in ROWS[:2]]
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = first
+    try:
+        batch = run_step(model, processor, ROWS[:2], config, max_new_tokens=NEW_TOKENS)
+    finally:
+        model.generation_config.eos_token_id = eos
+    assert [result.generated_ids for result in batch] == [[token] for token in first]
+    assert batch[0].decode_step_seconds == []
 
 
 def test_a_batch_of_star_kv_rows_carries_one_state_per_row(tiny_sdpa):
@@ -226,3 +260,50 @@ def test_cut_rows_keep_their_slot_padding_through_crop_and_row_selection():
     assert layer.slot_padding == (2,) and layer.keys.shape[0] == 1
     layer.batch_repeat_interleave(2)
     assert layer.slot_padding == (2, 2) and layer.keys.shape[0] == 2
+
+
+def test_stack_rows_right_aligns_each_prompt_and_masks_the_empty_slots():
+    cut = CutLayer(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), logical_length=10)
+    whole = DynamicLayer()
+    whole.update(torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4))
+    caches = [SimpleNamespace(layers=[cut]), SimpleNamespace(layers=[whole])]
+    stacked = stack_rows(caches).layers[0]
+    assert (stacked.logical_length, stacked.prompt_slots, stacked.slot_padding) == (10, 6, (3, 0))
+    assert torch.equal(stacked.keys[0, :, 3:], cut.keys[0])
+    assert torch.equal(stacked.values[1], whole.values[0])
+    assert not stacked.keys[0, :, :3].any()
+    assert stacked.slot_visibility().sum(dim=-1).tolist() == [3, 6]
+
+
+def test_stack_rows_refuses_a_batch_or_a_cache_that_already_decoded():
+    with pytest.raises(ValueError, match="single-row caches"):
+        stack_rows([SimpleNamespace(layers=[cut_two_rows()])])
+    grown = CutLayer(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), logical_length=9)
+    grown.update(torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4))
+    with pytest.raises(ValueError, match="appended tokens: True"):
+        stack_rows([SimpleNamespace(layers=[grown])])
+
+
+def test_left_padded_pads_token_rows_and_joins_image_rows():
+    rows = [
+        {
+            "input_ids": torch.tensor([[5, 6, 7]]),
+            "attention_mask": torch.ones(1, 3, dtype=torch.long),
+            "mm_token_type_ids": torch.tensor([[0, 1, 0]]),
+            "image_grid_thw": torch.tensor([[1, 2, 2]]),
+            "pixel_values": torch.randn(4, 8),
+        },
+        {
+            "input_ids": torch.tensor([[9]]),
+            "attention_mask": torch.ones(1, 1, dtype=torch.long),
+            "mm_token_type_ids": torch.tensor([[0]]),
+            "image_grid_thw": torch.zeros(0, 3, dtype=torch.long),
+            "pixel_values": torch.randn(0, 8),
+        },
+    ]
+    batch = left_padded(rows, pad_token_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [1, 1, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2]]
+    assert "pixel_values" not in batch

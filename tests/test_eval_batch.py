@@ -35,6 +35,7 @@ from test_eval_stateful import two_trajectories, untimed
 from benchmarks.batching import Batcher, is_out_of_memory
 from benchmarks.rundir import SAMPLES_FILE, SUMMARY_FILE
 from benchmarks.runner import Call, MethodContext, ModelResponder, OracleResponder, Reply
+from guikv import step
 from guikv.agents import get_family
 from guikv.config import CompressionConfig
 
@@ -110,33 +111,36 @@ def test_the_oracle_batched_writes_the_files_of_batch_size_one(
     assert sum(oracle.batches) == sum(row["model_calls"] for row in records(tmp_path / "one"))
 
 
-class GenerateSpy:
-    """Wraps a real model's `generate` (the model itself untouched): notes each call's batch size and
-    can raise on chosen calls, as a GPU out of memory or a Ctrl-C would at the model call."""
+class BatchSpy:
+    """Wraps the engine's batch entry point, `guikv.step.run_steps` (the model untouched): notes
+    each batch's size and can raise on chosen batches, as a GPU out of memory or a Ctrl-C would
+    inside the model call."""
 
-    def __init__(self, model: Any, raise_when: Callable[[int, int], BaseException | None] | None = None):
-        self.generate = model.generate
+    def __init__(
+        self, run_steps: Callable[..., Any], raise_when: Callable[[int, int], BaseException | None] | None
+    ):
+        self.run_steps = run_steps
         self.raise_when = raise_when
         self.sizes: list[int] = []
 
-    def __call__(self, **inputs: Any) -> Any:
-        """Note the batch size (and the call's number), raise if told to, else generate."""
-        size = int(inputs["input_ids"].shape[0])
+    def __call__(self, model: Any, processor: Any, conversations: Any, *args: Any, **kwargs: Any) -> Any:
+        """Note the batch size (and the batch's number), raise if told to, else run the batch."""
+        size = len(conversations)
         self.sizes.append(size)
         if self.raise_when is not None:
             error = self.raise_when(len(self.sizes), size)
             if error is not None:
                 raise error
-        return self.generate(**inputs)
+        return self.run_steps(model, processor, conversations, *args, **kwargs)
 
 
 @pytest.fixture
-def spy(tiny_sdpa: tuple, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., GenerateSpy]]:
-    """Install a `GenerateSpy` on the tiny sdpa model for one test (removed afterwards)."""
+def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., BatchSpy]]:
+    """Install a `BatchSpy` on `guikv.step.run_steps` for one test (removed afterwards)."""
 
-    def install(raise_when: Callable[[int, int], BaseException | None] | None = None) -> GenerateSpy:
-        wrapper = GenerateSpy(tiny_sdpa[0], raise_when)
-        monkeypatch.setattr(tiny_sdpa[0], "generate", wrapper)
+    def install(raise_when: Callable[[int, int], BaseException | None] | None = None) -> BatchSpy:
+        wrapper = BatchSpy(step.run_steps, raise_when)
+        monkeypatch.setattr(step, "run_steps", wrapper)
         return wrapper
 
     yield install
@@ -199,7 +203,7 @@ def test_the_tiny_model_batched_gives_the_records_and_summary_of_batch_size_one(
     small: Datasets,
     tiny_sdpa: tuple,
     reference: Callable[[str, str], Reference],
-    spy: Callable[..., GenerateSpy],
+    spy: Callable[..., BatchSpy],
     tmp_path: Path,
 ) -> None:
     one = reference(name, "gui_kv")
@@ -235,7 +239,7 @@ def test_star_kv_keeps_one_state_per_trajectory_in_a_batch(
     small: Datasets,
     tiny_sdpa: tuple,
     reference: Callable[[str, str], Reference],
-    spy: Callable[..., GenerateSpy],
+    spy: Callable[..., BatchSpy],
     tmp_path: Path,
 ) -> None:
     one = reference("agentnetbench", "star_kv")
@@ -271,7 +275,7 @@ def test_out_of_memory_halves_the_batch_and_fails_no_sample(
     small: Datasets,
     tiny_sdpa: tuple,
     reference: Callable[[str, str], Reference],
-    spy: Callable[..., GenerateSpy],
+    spy: Callable[..., BatchSpy],
     tmp_path: Path,
 ) -> None:
     one = reference("screenspot-v2", "gui_kv")
@@ -288,7 +292,7 @@ def test_out_of_memory_halves_the_batch_and_fails_no_sample(
 
 
 def test_out_of_memory_alone_is_still_a_failed_sample(
-    small: Datasets, tiny_sdpa: tuple, spy: Callable[..., GenerateSpy], tmp_path: Path
+    small: Datasets, tiny_sdpa: tuple, spy: Callable[..., BatchSpy], tmp_path: Path
 ) -> None:
     calls = spy(lambda number, size: OUT_OF_MEMORY["cuda"]() if number <= 3 else None)
     summary = play("screenspot-pro", small["screenspot-pro"], tmp_path / "run", tiny(tiny_sdpa), 2)
@@ -304,7 +308,7 @@ def test_an_interrupted_batch_loses_only_that_batch_and_the_resume_completes_the
     small: Datasets,
     tiny_sdpa: tuple,
     reference: Callable[[str, str], Reference],
-    spy: Callable[..., GenerateSpy],
+    spy: Callable[..., BatchSpy],
     tmp_path: Path,
 ) -> None:
     """Ctrl-C at the model call of a batch: the records of the batches before it are on disk, the

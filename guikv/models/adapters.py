@@ -15,7 +15,8 @@ from transformers import PretrainedConfig
 
 from guikv.layout import TokenLayout
 from guikv.models import opencua
-from guikv.models.inputs import Message, qwen_batch_inputs, qwen_inputs
+from guikv.models.inputs import Message, qwen_inputs
+from guikv.models.positions import no_position_state, qwen_vl_batch_positions
 
 LayoutBuilder = Callable[[PretrainedConfig, torch.Tensor, Mapping[str, Any]], TokenLayout]
 
@@ -31,8 +32,9 @@ class ModelAdapter:
     `layers_path` is the dotted attribute path from the top-level model to the decoder layer list;
     `image_token_attrs` the config attributes holding image placeholder token ids;
     `build_inputs(processor, messages)` turns chat messages into the model's generate() inputs;
-    `build_batch_inputs(processor, conversations)` does so for several, one left-padded row each
-    (None: the family cannot be batched under compression);
+    `prepare_batch_decode(model, padded_batch)` sets the model's position state for decoding
+    together rows that were prefilled one at a time (Qwen-VL: the batch's M-RoPE offsets; None:
+    the family cannot run a batch under compression);
     `layout_builder(config, input_ids, forward_kwargs)` gives the token layout the decoder layers
     see (None: the image runs of `input_ids`, already expanded by the processor); `prepare(model)`
     is applied once at load time (OpenCUA: logical decode positions).
@@ -42,9 +44,9 @@ class ModelAdapter:
     layers_path: str
     image_token_attrs: tuple[str, ...]
     build_inputs: Callable[[Any, Sequence[Message]], Any] = qwen_inputs
-    build_batch_inputs: Callable[[Any, Sequence[Sequence[Message]]], Any] | None = qwen_batch_inputs
     layout_builder: LayoutBuilder | None = None
     prepare: Callable[[nn.Module], None] = _nothing_to_prepare
+    prepare_batch_decode: Callable[[nn.Module, Mapping[str, torch.Tensor]], None] | None = no_position_state
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The language model's decoder layers, in order."""
@@ -79,13 +81,18 @@ class ModelAdapter:
         return TokenLayout.from_input_ids(input_ids, self.image_token_ids(config))
 
 
-QWEN_VL = ModelAdapter("ui-tars", "model.language_model.layers", ("image_token_id",))
+QWEN_VL = ModelAdapter(
+    "ui-tars",
+    "model.language_model.layers",
+    ("image_token_id",),
+    prepare_batch_decode=qwen_vl_batch_positions,
+)
 OPENCUA = ModelAdapter(
     "opencua",
     "language_model.model.layers",
     ("media_placeholder_token_id",),
     build_inputs=opencua.opencua_inputs,
-    build_batch_inputs=None,
+    prepare_batch_decode=None,
     layout_builder=opencua.prompt_layout,
     prepare=opencua.keep_decode_positions_logical,
 )
