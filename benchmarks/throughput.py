@@ -1,10 +1,10 @@
 """Batch throughput of each method: samples and generated tokens per second at several batch sizes,
 relative to batch 1 with the full cache in the same run, and the KV cache a batch holds at its peak.
 
-A batch of B agent prompts runs as one left-padded `run_step` (one prefill, then one decode forward
-per new token for all rows). Its times are the model's (`generate()` from the prefill's start to the
-last decode forward's end); building the inputs (the processor's image preprocessing, the same work
-per prompt at any batch size) is not in them. Ratios are computed from the rows, never asserted.
+A batch of B agent prompts runs as one `run_step` (each row's prompt prefilled and cut alone, then
+one decode forward per new token for all rows). Its times are the model's (from the first prefill's
+start to the last decode forward's end); building the inputs (the processor's image preprocessing,
+the same work per prompt at any batch size) is not in them. Ratios are computed from the rows, never asserted.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class BatchRun:
     def peak_kv_bytes(self) -> int:
         """The largest KV cache the batch holds: at its last decode forward, the stored prompt cache
         plus one entry per row for every decode forward (the last generated token is never fed
-        back, so it is not cached). The uncompressed cache that exists during the prefill, before
-        each layer is cut (one layer at a time; every layer for VL-Cache, which cuts after scoring
-        them all), is not counted."""
+        back, so it is not cached). The uncompressed cache that exists during a row's prefill,
+        before each layer is cut (one row and one layer at a time; every layer of the row for
+        VL-Cache, which cuts after scoring them all), is not counted."""
         return self.kv_bytes_stored + self.batch_size * self.decode_forwards * self.kv_bytes_per_position
 
     @classmethod

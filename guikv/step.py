@@ -30,7 +30,7 @@ from guikv.recall import OracleMassProbe
 
 @dataclass
 class StepResult:
-    """The outcome and the costs of one `generate()` call under a compression config.
+    """The outcome and the costs of one agent step (one conversation) under a compression config.
 
     In a batch (`batch_size` > 1) each conversation has its own result: its own tokens, kept
     positions, KV bytes and FLOPs, while the times and `kv_bytes_stored` (what the cut cache of the
