@@ -147,6 +147,15 @@ def kv_bytes(tokens: int, kv_heads: int, head_dim: int, dtype: torch.dtype, batc
     return 2 * batch * kv_heads * tokens * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
+def stored_kv_bytes(layer: Any) -> int:
+    """Bytes of keys plus values a cache layer stores: every row's physical entries, the empty
+    slots of a batch's shorter rows included (0 before its first update)."""
+    if physical_length(layer) == 0:
+        return 0
+    keys = layer.keys
+    return kv_bytes(physical_length(layer), keys.shape[1], keys.shape[3], keys.dtype, keys.shape[0])
+
+
 def fit_mask(mask: torch.Tensor | None, layer: CutLayer, query_length: int, attn_implementation: str) -> Any:
     """The attention mask a forward over a cut layer needs: its key axis fitted to the physical
     cache, with every row's empty prompt slots masked.

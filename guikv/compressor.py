@@ -33,7 +33,7 @@ from transformers.cache_utils import DynamicLayer
 
 from guikv.attention import check_attention_module, verify_window_queries, window_queries
 from guikv.batch import left_padding, row_grids, row_positions
-from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, physical_length
+from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, stored_kv_bytes
 from guikv.config import CompressionConfig
 from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
 from guikv.layout import TokenLayout, spatial_merge_size
@@ -525,8 +525,7 @@ class _Hooks:
         )
         if not whole:
             cache.layers[layer_idx] = cut_rows(layer, padded)
-        slots = physical_length(cache.layers[layer_idx])
-        record.kv_bytes_stored += kv_bytes(slots, kv_heads, head_dim, dtype, len(keeps))
+        record.kv_bytes_stored += stored_kv_bytes(cache.layers[layer_idx])
         for row, keep in zip(record.rows, keeps, strict=True):
             row.kept_per_layer.append(int(keep.shape[-1]))
             row.kv_bytes_kept += kv_bytes(keep.shape[-1], kv_heads, head_dim, dtype)

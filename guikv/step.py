@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from guikv.batch import left_padded, row_grids
-from guikv.cache import kv_bytes, stack_rows
+from guikv.cache import stack_rows, stored_kv_bytes
 from guikv.compressor import CompressionReport, RowRecord, compress
 from guikv.config import CompressionConfig
 from guikv.flops import Flops, ModelShape, decode_flops
@@ -420,10 +420,7 @@ def _generate_row_by_row(
     tokenizer = getattr(processor, "tokenizer", processor)
     batch = left_padded(inputs, getattr(tokenizer, "pad_token_id", None) or 0)
     cache = stack_rows(caches)
-    stored = sum(
-        kv_bytes(layer.physical_length, layer.keys.shape[1], layer.keys.shape[3], layer.dtype, len(inputs))
-        for layer in cache.layers
-    )
+    stored = sum(stored_kv_bytes(layer) for layer in cache.layers)
     prepare_batch_decode(model, batch)
     first = torch.cat(firsts)
     decoded = first.new_zeros(len(inputs), 0)
