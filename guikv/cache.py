@@ -5,18 +5,40 @@ A cut layer becomes a `CutLayer`: its tensors hold only the kept entries, but it
 to slice new input and to place new tokens (`cache.get_seq_length()`). A continuation therefore
 feeds only its new tokens, at the right positions, on a compressed cache.
 
+Masks: a cut layer tells transformers' mask builder its stored length and how far the logical
+positions run ahead of it (`get_mask_sizes`), so a single-row cache whose layers all evicted as many
+tokens decodes and continues correctly with no hook at all, also after `compress()` has exited.
+
 In a batch, rows keep different counts: each row's kept entries are right-aligned in `prompt_slots`
 slots (the largest row's count), and the leading `slot_padding[row]` slots of a shorter row hold no
-token. `fit_mask` rewrites every later forward's attention mask so those slots are never seen.
+token. `fit_mask` rewrites every later forward's attention mask so those slots are never seen (and
+fits it to each layer when layers keep different counts, as PyramidKV and VL-Cache do). Only
+`compress()`'s attention pre-hook applies it, so such a cache refuses to run outside a
+`compress()` context (`mask_fitting`) instead of attending with a wrong mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+_MASK_FITTING: ContextVar[bool] = ContextVar("guikv_mask_fitting", default=False)
+
+
+@contextmanager
+def mask_fitting() -> Iterator[None]:
+    """Mark the code inside as running under `compress()`'s mask pre-hook, which fits every
+    attention mask to each cut layer (a cut cache needing that fit may run only here)."""
+    token = _MASK_FITTING.set(True)
+    try:
+        yield
+    finally:
+        _MASK_FITTING.reset(token)
 
 
 class CutLayer(DynamicLayer):
@@ -45,6 +67,25 @@ class CutLayer(DynamicLayer):
         self.logical_length = logical_length
         self.prompt_slots = int(keys.shape[-2])
         self.slot_padding = tuple(slot_padding) if slot_padding is not None else (0,) * int(keys.shape[0])
+        self.siblings: Sequence[Any] = (self,)
+
+    def share_cache(self, layers: Sequence[Any]) -> None:
+        """Know the other layers of the cache this layer belongs to (`cache.layers`, read at each
+        forward), to tell whether one mask built for the whole cache fits this layer."""
+        self.siblings = layers
+
+    @property
+    def evicted(self) -> int:
+        """How far the logical length runs ahead of what is stored: the tokens cut away."""
+        return self.logical_length - self.physical_length
+
+    def get_mask_sizes(self, query: torch.Tensor | int, *args: Any) -> tuple[int, int]:
+        """(kv_length, kv_offset) for transformers' mask builder: the stored entries plus the new
+        queries, numbered so that the stored tokens come before every new query and the tokens
+        appended since the cut sit at their logical positions. `query` is the query length
+        (transformers >= 5.25) or the queries' cache positions (earlier 5.x)."""
+        query_length = query if isinstance(query, int) else int(query.shape[0])
+        return self.physical_length + query_length, self.evicted
 
     def slot_visibility(self) -> torch.Tensor:
         """[B, prompt_slots] bool: True where a prompt slot holds a kept token."""
@@ -60,9 +101,29 @@ class CutLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append new entries; the logical length grows by as many tokens."""
+        """Append new entries; the logical length grows by as many tokens. Outside `compress()`,
+        refuse a cache whose mask this layer cannot take as transformers builds it."""
+        if not _MASK_FITTING.get():
+            self._check_standalone()
         self.logical_length += int(key_states.shape[-2])
         return super().update(key_states, value_states, *args, **kwargs)
+
+    def _check_standalone(self) -> None:
+        """Raise unless one mask built from any layer's sizes fits this one: no empty slots, and
+        every layer of the cache evicted as many tokens (transformers builds one mask per forward
+        from the first layer)."""
+        evicted = {layer.get_seq_length() - physical_length(layer) for layer in self.siblings}
+        if any(self.slot_padding) or len(evicted) > 1:
+            reason = (
+                "its batch rows kept different counts"
+                if any(self.slot_padding)
+                else "its layers kept different counts (PyramidKV, VL-Cache)"
+            )
+            raise RuntimeError(
+                f"this compressed cache can only run inside `with guikv.compress(model, config):`, as "
+                f"{reason} and only compress() fits the attention mask to each layer: continue it inside a "
+                "compress() context"
+            )
 
     def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
         """The logical length: every token the model has seen, evicted or not."""
@@ -109,6 +170,13 @@ def physical_length(layer: Any) -> int:
     if not getattr(layer, "is_initialized", False) or keys is None or keys.dim() < 3:
         return 0
     return int(keys.shape[-2])
+
+
+def share_cache(layers: Sequence[Any]) -> None:
+    """Tell every cut layer among `layers` (a cache's `layers` list) which cache it belongs to."""
+    for layer in layers:
+        if isinstance(layer, CutLayer):
+            layer.share_cache(layers)
 
 
 def cut_layer(layer: Any, keep: torch.Tensor) -> CutLayer:
@@ -231,6 +299,7 @@ def stack_rows(caches: Sequence[Any]) -> Any:
             logical_length=max(layer.get_seq_length() for layer in layers),
             slot_padding=padding,
         )
+    share_cache(batch.layers)
     return batch
 
 

@@ -33,7 +33,7 @@ from transformers.cache_utils import DynamicLayer
 
 from guikv.attention import check_attention_module, verify_window_queries, window_queries
 from guikv.batch import left_padding, row_grids, row_positions
-from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, stored_kv_bytes
+from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, mask_fitting, share_cache, stored_kv_bytes
 from guikv.config import CompressionConfig
 from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
 from guikv.layout import TokenLayout, spatial_merge_size
@@ -525,6 +525,7 @@ class _Hooks:
         )
         if not whole:
             cache.layers[layer_idx] = cut_rows(layer, padded)
+            share_cache(cache.layers)
         record.kv_bytes_stored += stored_kv_bytes(cache.layers[layer_idx])
         for row, keep in zip(record.rows, keeps, strict=True):
             row.kept_per_layer.append(int(keep.shape[-1]))
@@ -598,11 +599,14 @@ def compress(
         model.register_forward_hook(hooks.after_model, with_kwargs=True),
     ]
     try:
-        with attention_hooks(
-            hooks.attentions,
-            on_prefill=hooks.after_prefill,
-            on_extend=hooks.after_extend,
-            before=hooks.fit_mask,
+        with (
+            mask_fitting(),
+            attention_hooks(
+                hooks.attentions,
+                on_prefill=hooks.after_prefill,
+                on_extend=hooks.after_extend,
+                before=hooks.fit_mask,
+            ),
         ):
             yield hooks.report
         hooks.finish()

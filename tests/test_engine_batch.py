@@ -13,7 +13,7 @@ from transformers.cache_utils import DynamicLayer
 
 from guikv import METHODS, CompressionConfig, compress, select_tokens
 from guikv.batch import left_padded
-from guikv.cache import CutLayer, fit_mask, stack_rows
+from guikv.cache import CutLayer, fit_mask, mask_fitting, stack_rows
 from guikv.models.inputs import qwen_batch_inputs, qwen_inputs
 from guikv.step import run_step
 
@@ -144,9 +144,11 @@ def test_select_tokens_rejects_a_row_count_that_does_not_match():
 
 
 def cut_two_rows() -> CutLayer:
-    """A cut layer of two rows keeping 3 and 1 prompt tokens, then one appended token."""
+    """A cut layer of two rows keeping 3 and 1 prompt tokens, then one appended token (appended as
+    under compress(), where its empty slots are masked)."""
     layer = CutLayer(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), logical_length=9, slot_padding=[0, 2])
-    layer.update(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+    with mask_fitting():
+        layer.update(torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
     return layer
 
 
