@@ -161,12 +161,14 @@ def iter_window_probs(
     keys: torch.Tensor,
     scaling: float | None = None,
     max_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    present: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Causal softmax attention of the last `w` prompt positions over all `L` keys, in row chunks.
 
     `queries` [B, H, w, d] sit at positions L-w..L-1; `keys` [B, H_kv, L, d] may have fewer heads
-    (query head h reads KV head h // (H / H_kv)). Yields (first window row, probabilities
-    [B, H, rows, L] in fp32); entries a query cannot see are exactly 0.
+    (query head h reads KV head h // (H / H_kv)); `present` [B, H_kv, L] (None: all) hides the
+    keys a KV head does not hold. Yields (first window row, probabilities [B, H, rows, L] in
+    fp32); entries a query cannot see are exactly 0.
     """
     batch, heads, window, dim = queries.shape
     kv_heads, length = keys.shape[1], keys.shape[2]
@@ -175,6 +177,7 @@ def iter_window_probs(
     group = heads // kv_heads
     scale = dim**-0.5 if scaling is None else scaling
     keys_t = keys.float().transpose(2, 3)
+    absent = None if present is None else ~present.repeat_interleave(group, dim=1)[:, :, None, :]
     rows_per_chunk = max(1, max_elements // max(1, batch * heads * length))
     for start in range(0, window, rows_per_chunk):
         rows = min(rows_per_chunk, window - start)
@@ -183,34 +186,50 @@ def iter_window_probs(
         positions = torch.arange(length - window + start, length - window + start + rows, device=keys.device)
         hidden = torch.arange(length, device=keys.device)[None, :] > positions[:, None]
         logits.masked_fill_(hidden, float("-inf"))
+        if absent is not None:
+            logits.masked_fill_(absent, float("-inf"))
         yield start, torch.softmax(logits, dim=-1)
 
 
 def window_attention_mass(
-    queries: torch.Tensor, keys: torch.Tensor, scaling: float | None = None
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float | None = None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The attention each key receives, summed over the window queries: [B, H, L] in fp32."""
+    """The attention each key receives, summed over the window queries: [B, H, L] in fp32 (0 on
+    keys absent from their head, see `iter_window_probs`)."""
     batch, heads = queries.shape[:2]
     mass = torch.zeros(batch, heads, keys.shape[2], dtype=torch.float32, device=keys.device)
-    for _, probs in iter_window_probs(queries, keys, scaling):
+    for _, probs in iter_window_probs(queries, keys, scaling, present=present):
         mass += probs.sum(dim=2)
     return mass
 
 
 def window_sparsity(
-    queries: torch.Tensor, keys: torch.Tensor, threshold: float, scaling: float | None = None
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    threshold: float,
+    scaling: float | None = None,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VL-Cache's per-head sparsity of the window rows, and the attention mass per key.
 
     Sparsity is the share of causally visible (query, key) entries whose weight is at most
     `threshold`: [B, H]. The mass is `window_attention_mass` computed in the same pass: [B, H, L].
+    Keys absent from their head (`present`) are neither visible nor counted.
     """
     batch, heads, window, _ = queries.shape
     length = keys.shape[2]
     mass = torch.zeros(batch, heads, length, dtype=torch.float32, device=keys.device)
     above = torch.zeros(batch, heads, dtype=torch.float64, device=keys.device)
-    for _, probs in iter_window_probs(queries, keys, scaling):
+    for _, probs in iter_window_probs(queries, keys, scaling, present=present):
         mass += probs.sum(dim=2)
         above += (probs > threshold).sum(dim=(2, 3)).double()
-    visible = window * (length - window) + window * (window + 1) / 2
+    if present is None:
+        prefix = torch.full((batch, heads), float(length - window), dtype=torch.float64, device=keys.device)
+    else:
+        held = present[..., : length - window].sum(dim=-1).double()
+        prefix = held.repeat_interleave(heads // present.shape[1], dim=1)
+    visible = window * prefix + window * (window + 1) / 2
     return (1.0 - above / visible).float(), mass

@@ -108,7 +108,7 @@ class StepResult:
         }
 
 
-class _ForwardClock:
+class ForwardClock:
     """Timestamps the end of every top-level forward, so prefill and decode time split cleanly."""
 
     def __init__(self, device: torch.device) -> None:
@@ -233,8 +233,8 @@ def run_steps(
             f"{len(states)} method states for {rows} conversations: expected one per conversation"
         )
     inputs = [adapter.build_inputs(processor, messages).to(model.device) for messages in conversations]
-    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, _eos_ids(model))
-    clock = _ForwardClock(model.device)
+    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, eos_ids(model))
+    clock = ForwardClock(model.device)
     handle = model.register_forward_hook(clock, with_kwargs=True)
     try:
         with torch.no_grad():
@@ -346,7 +346,7 @@ def _generate_alone(
     model: nn.Module,
     inputs: Any,
     settings: _Settings,
-    clock: _ForwardClock,
+    clock: ForwardClock,
     method_state: Any,
     oracle_mass: bool,
 ) -> _Run:
@@ -370,7 +370,7 @@ def _generate_alone(
         for probe_handle in probe_handles:
             probe_handle.remove()
     logits = out.logits[1][0] if settings.keep_first_decode_logits and len(out.logits) > 1 else None
-    tokens = _until_eos(out.sequences[0, inputs["input_ids"].shape[1] :], settings.eos)
+    tokens = until_eos(out.sequences[0, inputs["input_ids"].shape[1] :], settings.eos)
     return _Run(
         rows=[_prefilled_row(report, inputs, tokens, logits)],
         prefill_seconds=clock.ends[0] - start,
@@ -386,7 +386,7 @@ def _generate_row_by_row(
     processor: Any,
     inputs: Sequence[Any],
     settings: _Settings,
-    clock: _ForwardClock,
+    clock: ForwardClock,
     method_states: Sequence[Any],
     prepare_batch_decode: Callable[[nn.Module, Mapping[str, torch.Tensor]], None],
 ) -> _Run:
@@ -444,7 +444,7 @@ def _generate_row_by_row(
         _prefilled_row(
             report,
             row_inputs,
-            _until_eos(torch.cat([first[index], decoded[index]]), settings.eos),
+            until_eos(torch.cat([first[index], decoded[index]]), settings.eos),
             logits[index] if logits is not None else None,
         )
         for index, (report, row_inputs) in enumerate(zip(reports, inputs, strict=True))
@@ -458,7 +458,7 @@ def _generate_row_by_row(
     )
 
 
-def _eos_ids(model: nn.Module) -> set[int]:
+def eos_ids(model: nn.Module) -> set[int]:
     """The token ids that end a generation (the model's generation config)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
@@ -466,7 +466,7 @@ def _eos_ids(model: nn.Module) -> set[int]:
     return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}
 
 
-def _until_eos(tokens: torch.Tensor, eos: set[int]) -> torch.Tensor:
+def until_eos(tokens: torch.Tensor, eos: set[int]) -> torch.Tensor:
     """A batch row's new tokens up to and including its first end-of-sequence token (what the row
     generates alone; a batch pads rows that finished early)."""
     for index, token in enumerate(tokens.tolist()):

@@ -25,6 +25,9 @@ class AgentFamily:
     - `computer_use_messages(task, screenshots, history_outputs, max_history_screenshots=4,
       history_window=10)`: AgentNetBench, `screenshots[-1]` current, one history entry per
       earlier step;
+    - `trajectory_messages(task, screenshots, answers, max_screenshots=None)`: the native
+      multi-turn agent loop, each step's conversation extending the previous one's (carried
+      caches, `guikv.trajectory`);
     - `grounding_messages(instruction, screenshot)`: ScreenSpot;
     - `mobile_messages(goal, screenshot, previous_actions, step_instruction=None)`: AndroidControl;
     - `web_messages(task, screenshot, previous_actions)`: Mind2Web;
@@ -34,6 +37,7 @@ class AgentFamily:
 
     name: str
     computer_use_messages: Callable[..., list[Message]]
+    trajectory_messages: Callable[..., list[Message]]
     grounding_messages: Callable[[str, ImageLike], list[Message]]
     mobile_messages: Callable[..., list[Message]]
     web_messages: Callable[[str, ImageLike, Sequence[str]], list[Message]]
@@ -45,6 +49,7 @@ FAMILIES: dict[str, AgentFamily] = {
     module.NAME: AgentFamily(
         name=module.NAME,
         computer_use_messages=module.computer_use_messages,
+        trajectory_messages=module.trajectory_messages,
         grounding_messages=module.grounding_messages,
         mobile_messages=module.mobile_messages,
         web_messages=module.web_messages,

@@ -49,6 +49,7 @@ from guikv.agents.prompting import (
     computer_use_conversation,
     previous_actions_text,
     screenshot_turn,
+    trajectory_conversation,
 )
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS, model_image_size
 
@@ -153,6 +154,18 @@ def computer_use_messages(
     return computer_use_conversation(
         computer_use_prompt(task), screenshots, history_outputs, max_history_screenshots, history_window
     )
+
+
+def trajectory_messages(
+    task: str,
+    screenshots: Sequence[ImageLike],
+    answers: Sequence[str],
+    max_screenshots: int | None = None,
+) -> list[Message]:
+    """The native multi-turn agent loop (`prompting.trajectory_conversation`): the computer-use
+    prompt first, then each screenshot and its answer, the current screenshot last; each step's
+    conversation extends the previous one's."""
+    return trajectory_conversation(computer_use_prompt(task), screenshots, answers, max_screenshots)
 
 
 def grounding_messages(instruction: str, screenshot: ImageLike) -> list[Message]:

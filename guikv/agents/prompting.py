@@ -133,6 +133,47 @@ def computer_use_conversation(
     return messages
 
 
+TRAJECTORY_SCREENSHOTS = 5
+"""Screenshots a native trajectory prompt shows, the current one included (UI-TARS-desktop's
+`MAX_IMAGE_LENGTH`)."""
+
+
+def trajectory_conversation(
+    prompt: str,
+    screenshots: Sequence[ImageLike],
+    answers: Sequence[str],
+    max_screenshots: int | None = None,
+) -> list[Message]:
+    """The native multi-turn layout of an agent loop, as UI-TARS-desktop builds it
+    (`packages/ui-tars/sdk`: the system prompt and the instruction in the first user turn, then
+    each step's screenshot as a user turn of its own and the model's answer as an assistant turn,
+    the current screenshot last).
+
+    Step t+1's conversation extends step t's: its prompt is step t's, the answer, and the new
+    screenshot turn, so a cache can be carried from step to step (`guikv.trajectory`). With
+    `max_screenshots`, only the most recent screenshots are shown (older screenshot turns are
+    dropped, their answers kept), as the desktop agent does; `answers` holds one entry per
+    earlier step.
+    """
+    if not screenshots:
+        raise UserInputError("a trajectory prompt needs at least the current screenshot")
+    if len(answers) != len(screenshots) - 1:
+        raise UserInputError(
+            f"answers must have one entry per earlier step: got {len(answers)} for {len(screenshots)} "
+            f"screenshots (expected {len(screenshots) - 1})"
+        )
+    if max_screenshots is not None and max_screenshots < 1:
+        raise UserInputError(f"max_screenshots must be >= 1, got {max_screenshots}")
+    first_shown = 0 if max_screenshots is None else len(screenshots) - max_screenshots
+    messages: list[Message] = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    for step, screenshot in enumerate(screenshots):
+        if step >= first_shown:
+            messages.append(screenshot_turn(screenshot))
+        if step < len(answers):
+            messages.append({"role": "assistant", "content": answers[step]})
+    return messages
+
+
 def previous_actions_text(previous_actions: Sequence[str]) -> str:
     """The `## Previous Actions` block body: one action per line, empty when there are none.
 

@@ -42,6 +42,7 @@ from guikv.agents.prompting import (
     previous_actions_text,
     screenshot_turn,
     system_turn,
+    trajectory_conversation,
 )
 from guikv.agents.resize import MAX_PIXELS, MIN_PIXELS, model_image_size
 
@@ -216,6 +217,20 @@ def computer_use_messages(
         history_outputs,
         max_history_screenshots,
         history_window,
+    )
+
+
+def trajectory_messages(
+    task: str,
+    screenshots: Sequence[ImageLike],
+    answers: Sequence[str],
+    max_screenshots: int | None = None,
+) -> list[Message]:
+    """The native multi-turn agent loop (`prompting.trajectory_conversation`): the computer-use
+    prompt first, then each screenshot and its answer, the current screenshot last; each step's
+    conversation extends the previous one's."""
+    return trajectory_conversation(
+        COMPUTER_USE_PROMPT.format(instruction=task), screenshots, answers, max_screenshots
     )
 
 

@@ -24,6 +24,13 @@ class LayerContext:
     that need no attention), `keys` [B, H_kv, L, d] the cached keys after RoPE, `hidden_states`
     [B, L, D] the attention module's input. `capacity` is the uniform per-layer capacity
     `int(L * budget / 100)` every method starts from.
+
+    `present` [B, H_kv, L] (None: every position) says which positions each KV head holds. A
+    cache carried from an earlier agent step (`guikv.carry`) lays the entries of all its heads on
+    one sequence, in logical order, then the new tokens; a head holds only the entries it kept,
+    its other positions have zero keys and no hidden states. Window attention never sees an absent
+    key and selection never keeps one; `held` is what every head holds, the length a method's
+    shares are taken of.
     """
 
     keys: torch.Tensor
@@ -34,11 +41,18 @@ class LayerContext:
     queries: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     scaling: float | None = None
+    present: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
         """The uncompressed prompt length L."""
         return int(self.keys.shape[2])
+
+    @property
+    def held(self) -> int:
+        """Positions each KV head holds: L, or the count of a carried cache's present entries
+        (every head holds as many)."""
+        return self.length if self.present is None else int(self.present[0, 0].sum())
 
     @property
     def num_kv_heads(self) -> int:
@@ -56,6 +70,7 @@ class LayerContext:
             capacity=capacity,
             queries=None if queries is None else queries[row : row + 1, :, queries.shape[2] - window :],
             hidden_states=None if self.hidden_states is None else self.hidden_states[row : row + 1, padding:],
+            present=None if self.present is None else self.present[row : row + 1, :, padding:],
         )
 
 
@@ -88,13 +103,12 @@ class Method:
 
     def select(self, ctx: LayerContext) -> torch.Tensor:
         """Kept positions per KV head, ascending: [B, H_kv, layer capacity]."""
-        length = ctx.length
-        capacity = min(self.layer_capacity(ctx), length)
+        capacity = min(self.layer_capacity(ctx), ctx.held)
         window = self.window(ctx.layout)
-        if capacity >= length:
-            return all_positions(ctx.keys)
-        check_capacity(capacity, window, length)
-        return keep_top(self.score(ctx, window), capacity - window, length)
+        if capacity >= ctx.held:
+            return held_positions(ctx)
+        check_capacity(capacity, window, ctx.held)
+        return keep_best(self.score(ctx, window), ctx, capacity - window)
 
     def aggregate_heads(self, scores: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
         """Per-query-head scores [B, H, P] to per-KV-head scores [B, H_kv, P] (mean or max of each group)."""
@@ -118,6 +132,24 @@ def all_positions(keys: torch.Tensor) -> torch.Tensor:
     return torch.arange(length, device=keys.device).expand(batch, kv_heads, length)
 
 
+def held_positions(ctx: LayerContext) -> torch.Tensor:
+    """Every position each KV head holds, ascending: [B, H_kv, held] (all of them when nothing
+    is absent)."""
+    if ctx.present is None:
+        return all_positions(ctx.keys)
+    batch, kv_heads, length = ctx.present.shape
+    positions = torch.arange(length, device=ctx.present.device).expand(batch, kv_heads, length)
+    return positions[ctx.present].view(batch, kv_heads, ctx.held)
+
+
+def keep_best(scores: torch.Tensor, ctx: LayerContext, prefix_keep: int) -> torch.Tensor:
+    """`keep_top` over the positions each head holds: absent ones are never kept."""
+    if ctx.present is not None:
+        absent = ~ctx.present[..., : scores.shape[-1]]
+        scores = scores.float().masked_fill(absent, float("-inf"))
+    return keep_top(scores, prefix_keep, ctx.length)
+
+
 def keep_top(scores: torch.Tensor, prefix_keep: int, length: int) -> torch.Tensor:
     """The `prefix_keep` best-scoring prefix positions plus the whole window, ascending."""
     batch, kv_heads, prefix = scores.shape
@@ -139,3 +171,16 @@ def pool_scores(scores: torch.Tensor, kernel_size: int, pooling: str) -> torch.T
     else:
         pooled = F.avg_pool1d(flat, kernel_size, stride=1, padding=padding, count_include_pad=True)
     return pooled.reshape(batch, heads, positions)
+
+
+def pick_held(
+    badness: torch.Tensor, positions: torch.Tensor, held: torch.Tensor, share: float, pad: int
+) -> torch.Tensor:
+    """Per KV head, the `int(share * held count)` positions with the highest `badness` among those
+    the head holds: `badness` and `held` are [B, H_kv, N] over `positions` [N]. Returns positions
+    [B, H_kv, most picked], a head picking fewer padding its row with `pad`."""
+    counts = (share * held.sum(dim=-1)).long()
+    order = badness.masked_fill(~held, float("-inf")).argsort(dim=-1, descending=True)
+    picked = positions[order[..., : int(counts.max())]]
+    beyond = torch.arange(picked.shape[-1], device=picked.device) >= counts[..., None]
+    return picked.masked_fill(beyond, pad)

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from guikv.layout import Span
-from guikv.methods.base import LayerContext
+from guikv.methods.base import LayerContext, pick_held
 from guikv.methods.snapkv import SnapKV
 
 
@@ -48,9 +48,9 @@ class GUIKV(SnapKV):
                 scores[..., start:end] += self.alpha * saliency[:, None, : end - start]
         scores = self.aggregate_heads(scores, ctx.num_kv_heads)
         if ctx.layout.previous:
-            evicted_share = 1.0 - min(ctx.capacity, ctx.length) / ctx.length
+            evicted_share = 1.0 - min(ctx.capacity, ctx.held) / ctx.held
             redundant = redundant_positions(
-                ctx.keys, current, ctx.layout.previous, self.rank, evicted_share, self.subspace
+                ctx.keys, current, ctx.layout.previous, self.rank, evicted_share, self.subspace, ctx.present
             )
             redundant = redundant.clamp(max=scores.shape[-1])
             scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], 1)], dim=-1)
@@ -95,10 +95,16 @@ def redundant_positions(
     rank: int,
     evicted_share: float,
     subspace: str = "qr",
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Absolute positions [B, H_kv, nz] of the `int(evicted_share * N_prev)` earlier-screenshot
-    tokens best explained by the current screenshot (smallest residual), per KV head."""
+    tokens best explained by the current screenshot (smallest residual), per KV head.
+
+    With `present` [B, H_kv, L] (a carried cache), N_prev counts the earlier tokens each head
+    holds and absent ones are never picked; a head picking fewer than another pads its row with
+    the position L (one past the scores, which callers drop)."""
     residuals, positions = projection_residuals(keys, current, previous, rank, subspace)
-    count = int(evicted_share * positions.numel())
-    smallest = residuals.topk(count, dim=-1, largest=False).indices
-    return positions[smallest]
+    if present is None:
+        count = int(evicted_share * positions.numel())
+        return positions[residuals.topk(count, dim=-1, largest=False).indices]
+    return pick_held(-residuals, positions, present[..., positions], evicted_share, keys.shape[2])

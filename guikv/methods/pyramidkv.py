@@ -23,7 +23,7 @@ class PyramidKV(SnapKV):
     def layer_capacity(self, ctx: LayerContext) -> int:
         """The pyramid schedule of the original, with the model's own number of layers."""
         return pyramid_capacity(
-            ctx.capacity, ctx.length, self.window(ctx.layout), ctx.layer_idx, ctx.num_layers, self.beta
+            ctx.capacity, ctx.held, self.window(ctx.layout), ctx.layer_idx, ctx.num_layers, self.beta
         )
 
 

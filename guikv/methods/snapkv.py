@@ -25,7 +25,7 @@ class SnapKV(Method):
         """Pooled window attention per query head over the prefix: [B, H, L - window]."""
         if ctx.queries is None:
             raise ValueError(f"method {self.name!r} needs the window queries: pass queries")
-        mass = window_attention_mass(ctx.queries[:, :, -window:], ctx.keys, ctx.scaling)
+        mass = window_attention_mass(ctx.queries[:, :, -window:], ctx.keys, ctx.scaling, ctx.present)
         return pool_scores(mass[..., : ctx.length - window], self.kernel_size, self.pooling)
 
     def score(self, ctx: LayerContext, window: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from guikv.layout import Grid, Span
-from guikv.methods.base import LayerContext
+from guikv.methods.base import LayerContext, pick_held
 from guikv.methods.snapkv import SnapKV
 
 SIMILARITY_CHUNK_ELEMENTS = 1 << 24
@@ -43,6 +43,11 @@ class STLite(SnapKV):
     Scores are aggregated per KV group (`head_aggregation`; the release keeps a 28-head cache and
     selects per query head). Both added terms are the same in every head of a group, so the group
     mean of the release's per-head scores is what we rank.
+
+    On a carried cache (`ctx.present`) the attention inputs of earlier steps' tokens are gone
+    (keeping them would cost several times the compressed cache), so the gate's rho is taken of
+    each KV head's keys instead (`redundant_history_by_keys`): rho_i = max_j cos(k_i, k_j), per
+    head, over the tokens that head holds.
     """
 
     name: ClassVar[str] = "st_lite"
@@ -68,9 +73,15 @@ class STLite(SnapKV):
             scores[..., start:end] += spatial[:, None, : end - start]
         scores = self.aggregate_heads(scores, ctx.num_kv_heads)
         if ctx.layout.previous:
-            kept_share = float(min(ctx.capacity, ctx.length) / ctx.length)
-            redundant = redundant_history(ctx.hidden_states, current, ctx.layout.previous, kept_share)
-            redundant = redundant.clamp(max=scores.shape[-1])[:, None].expand(-1, scores.shape[1], -1)
+            kept_share = float(min(ctx.capacity, ctx.held) / ctx.held)
+            if ctx.present is None:
+                redundant = redundant_history(ctx.hidden_states, current, ctx.layout.previous, kept_share)
+                redundant = redundant[:, None].expand(-1, scores.shape[1], -1)
+            else:
+                redundant = redundant_history_by_keys(
+                    ctx.keys, current, ctx.layout.previous, kept_share, ctx.present
+                )
+            redundant = redundant.clamp(max=scores.shape[-1])
             scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], 1)], dim=-1)
             scores = scores.scatter(-1, redundant, 0.0)[..., :-1]
         return scores
@@ -155,3 +166,23 @@ def redundant_history(
     rho, positions = history_similarity(hidden_states, current, previous)
     count = int((1.0 - kept_share) * positions.numel())
     return positions[rho.topk(count, dim=-1).indices]
+
+
+def redundant_history_by_keys(
+    keys: torch.Tensor, current: Span, previous: tuple[Span, ...], kept_share: float, present: torch.Tensor
+) -> torch.Tensor:
+    """The gate on a carried cache: per KV head, the `int((1 - kept_share) * N_held)` earlier-
+    screenshot tokens the head holds whose keys are most cosine-similar to one of the current
+    screenshot's keys: positions [B, H_kv, count], rows of heads picking fewer padded with L."""
+    positions = torch.cat([torch.arange(s, e, device=keys.device) for s, e in previous])
+    now = F.normalize(keys[:, :, current[0] : current[1]].float(), dim=-1)
+    earlier = F.normalize(keys[:, :, positions].float(), dim=-1)
+    rows = max(1, SIMILARITY_CHUNK_ELEMENTS // max(1, now.shape[0] * now.shape[1] * now.shape[2]))
+    rho = torch.cat(
+        [
+            (earlier[:, :, i : i + rows] @ now.transpose(-1, -2)).amax(dim=-1)
+            for i in range(0, positions.numel(), rows)
+        ],
+        dim=-1,
+    )
+    return pick_held(rho, positions, present[..., positions], 1.0 - kept_share, keys.shape[2])

@@ -10,7 +10,7 @@ import torch
 
 from guikv.attention import window_sparsity
 from guikv.layout import TokenLayout
-from guikv.methods.base import LayerContext, keep_top, pool_scores
+from guikv.methods.base import LayerContext, held_positions, keep_best, pool_scores
 from guikv.methods.snapkv import SnapKV
 
 
@@ -56,26 +56,27 @@ class VLCache(SnapKV):
         if ctx.queries is None:
             raise ValueError(f"method {self.name!r} needs the window queries: pass queries")
         window = self.window(ctx.layout)
-        sparsity, mass = window_sparsity(ctx.queries[:, :, -window:], ctx.keys, self.threshold, ctx.scaling)
+        sparsity, mass = window_sparsity(
+            ctx.queries[:, :, -window:], ctx.keys, self.threshold, ctx.scaling, ctx.present
+        )
         return LayerStatistics(sparsity=sparsity, mass=mass)
 
     def select_with_budget(self, ctx: LayerContext, budget: int, stats: LayerStatistics) -> torch.Tensor:
         """Keep `budget` positions of one layer: the post-image window (shrunk to `budget - 1` when
         the budget cannot hold it) and the best-scoring prefix positions."""
-        length = ctx.length
         window = self.window(ctx.layout)
-        if budget >= length:
-            return torch.arange(length, device=ctx.keys.device).expand(*ctx.keys.shape[:2], length)
+        if budget >= ctx.held:
+            return held_positions(ctx)
         if budget <= window:
             window = budget - 1
             mass = self.window_scores(ctx, window)
         else:
-            mass = pool_scores(stats.mass[..., : length - window], self.kernel_size, self.pooling)
-        return keep_top(self.aggregate_heads(mass, ctx.num_kv_heads), budget - window, length)
+            mass = pool_scores(stats.mass[..., : ctx.length - window], self.kernel_size, self.pooling)
+        return keep_best(self.aggregate_heads(mass, ctx.num_kv_heads), ctx, budget - window)
 
     def select(self, ctx: LayerContext) -> torch.Tensor:
         """One layer on its own: `ctx.capacity` is taken as this layer's budget."""
-        return self.select_with_budget(ctx, min(ctx.capacity, ctx.length), self.statistics(ctx))
+        return self.select_with_budget(ctx, min(ctx.capacity, ctx.held), self.statistics(ctx))
 
 
 def allocate_budgets(sparsities: list[float], capacity: int, length: int) -> list[int]:

@@ -15,14 +15,32 @@ from transformers import PretrainedConfig
 
 from guikv.layout import TokenLayout
 from guikv.models import opencua
-from guikv.models.inputs import Message, qwen_inputs
-from guikv.models.positions import no_position_state, qwen_vl_batch_positions
+from guikv.models.inputs import Message, qwen_inputs, qwen_turn_inputs
+from guikv.models.positions import (
+    no_position_state,
+    qwen_vl_batch_positions,
+    qwen_vl_decode_offset,
+    qwen_vl_turn_positions,
+)
 
 LayoutBuilder = Callable[[PretrainedConfig, torch.Tensor, Mapping[str, Any]], TokenLayout]
 
 
 def _nothing_to_prepare(model: nn.Module) -> None:
     """Families whose forward needs no help from guikv."""
+
+
+@dataclass(frozen=True)
+class Carrying:
+    """How a family feeds one more turn on a cache carried from the previous agent step:
+    `turn_inputs(processor, before, after)` the processor inputs of the tokens `after` adds after
+    its last answer (only the new images); `turn_positions(model, inputs, start)` their position
+    ids fed from position `start`, and the position after them; `decode_offset(model, offset)`
+    makes `generate()` decode at logical position + offset."""
+
+    turn_inputs: Callable[[Any, Sequence[Message], Sequence[Message]], Any]
+    turn_positions: Callable[[nn.Module, Mapping[str, torch.Tensor], int], tuple[torch.Tensor, int]]
+    decode_offset: Callable[[nn.Module, int], None]
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,8 @@ class ModelAdapter:
     the family cannot run a batch under compression);
     `layout_builder(config, input_ids, forward_kwargs)` gives the token layout the decoder layers
     see (None: the image runs of `input_ids`, already expanded by the processor); `prepare(model)`
-    is applied once at load time (OpenCUA: logical decode positions).
+    is applied once at load time (OpenCUA: logical decode positions); `carrying` how a cache
+    is carried from one agent step to the next (None: the family cannot, see `guikv.trajectory`).
     """
 
     family: str
@@ -47,6 +66,7 @@ class ModelAdapter:
     layout_builder: LayoutBuilder | None = None
     prepare: Callable[[nn.Module], None] = _nothing_to_prepare
     prepare_batch_decode: Callable[[nn.Module, Mapping[str, torch.Tensor]], None] | None = no_position_state
+    carrying: Carrying | None = None
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The language model's decoder layers, in order."""
@@ -86,6 +106,7 @@ QWEN_VL = ModelAdapter(
     "model.language_model.layers",
     ("image_token_id",),
     prepare_batch_decode=qwen_vl_batch_positions,
+    carrying=Carrying(qwen_turn_inputs, qwen_vl_turn_positions, qwen_vl_decode_offset),
 )
 OPENCUA = ModelAdapter(
     "opencua",

@@ -42,6 +42,40 @@ def qwen_batch_inputs(
         tokenizer.padding_side = side
 
 
+ANSWER_SENTINEL = "\u2063guikv-answer\u2063"
+"""Stands in for an assistant answer when rendering a conversation, to find where it sits."""
+
+
+def qwen_turn_inputs(
+    processor: Any,
+    before: Sequence[Message],
+    after: Sequence[Message],
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+) -> Any:
+    """Processor inputs of what a conversation adds after its last answer: `after` is `before`
+    (a prompt ending in the generation prompt) plus one assistant turn and new user turns; the
+    result holds the tokens that follow the answer's text (the turn's close, the new turns, the
+    generation prompt) and only the new turns' images. The chat template renders both, so the
+    tokens are exactly those a prompt of `after` holds after the answer; a template that does not
+    extend `before`'s prompt this way raises `ValueError`."""
+    answer = len(before)
+    if len(after) <= answer + 1 or after[answer].get("role") != "assistant":
+        raise ValueError(f"after must extend before's {answer} turns with an assistant turn and new turns")
+    marked = [*after[:answer], {**after[answer], "content": ANSWER_SENTINEL}, *after[answer + 1 :]]
+    prompt = processor.apply_chat_template(list(before), tokenize=False, add_generation_prompt=True)
+    whole = processor.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+    head, sentinel, tail = whole.partition(ANSWER_SENTINEL)
+    if not sentinel or head != prompt:
+        raise ValueError(
+            "the chat template does not extend the previous prompt with the answer: a carried cache needs "
+            "a template in which each turn is appended to the conversation unchanged"
+        )
+    new_turns = _sized(after[answer + 1 :], min_pixels, max_pixels)
+    images = process_vision_info(new_turns)[0] or None
+    return processor(text=[tail], images=images, return_tensors="pt")
+
+
 def _sized(messages: Sequence[Message], min_pixels: int, max_pixels: int) -> list[Message]:
     """The messages with every image item carrying the pixel range qwen-vl-utils resizes to."""
     return [

@@ -30,3 +30,25 @@ def qwen_vl_batch_positions(model: nn.Module, batch: Mapping[str, torch.Tensor])
     arguments = {name: value for name, value in batch.items() if name in parameters and name != "input_ids"}
     _, deltas = inner.get_rope_index(batch["input_ids"], **arguments)
     inner.rope_deltas = deltas
+
+
+def qwen_vl_turn_positions(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], start: int
+) -> tuple[torch.Tensor, int]:
+    """M-RoPE position ids [3, 1, n] of one turn's tokens `inputs` (a processor output of one row,
+    its images' `image_grid_thw` only) fed on top of a conversation whose next position is
+    `start`, and the next position after them. The model's own `get_rope_index` lays the turn out
+    from 0; a whole-conversation prefill lays it out from `start`, identically, since every turn
+    starts after text."""
+    inner: Any = model.model
+    parameters = inspect.signature(inner.get_rope_index).parameters
+    arguments = {name: value for name, value in inputs.items() if name in parameters and name != "input_ids"}
+    positions, _ = inner.get_rope_index(inputs["input_ids"], **arguments)
+    positions = positions + start
+    return positions, int(positions.max()) + 1
+
+
+def qwen_vl_decode_offset(model: nn.Module, offset: int) -> None:
+    """Make `generate()` place decode tokens at M-RoPE position `logical position + offset`."""
+    inner: Any = model.model
+    inner.rope_deltas = torch.tensor([[offset]], dtype=torch.long, device=model.device)
