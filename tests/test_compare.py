@@ -16,17 +16,12 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from benchmarks.finished_runs import find_runs, group_runs
+from benchmarks.step_fidelity import method_pairs
 from guikv.errors import UserInputError
 from guikv_cli.app import main
-from guikv_cli.compare import (
-    DEFAULT_METHODS,
-    find_runs,
-    group_runs,
-    method_pairs,
-    parse_budgets,
-    parse_methods,
-    runs_table,
-)
+from guikv_cli.compare import DEFAULT_METHODS, parse_budgets, parse_methods
+from guikv_cli.compare_rundirs import runs_table
 
 AGENTNET_COLUMNS = ["overall_score", "average_trajectory_score", "milestone_score", "hit_rate"]
 
