@@ -63,10 +63,11 @@ MIB = 2**20
 HELP = (
     "Run one GUI-agent step: screenshots and a task in, the model's action out, with the KV cache "
     "compressed; shows what compression kept and saved.\n\n"
-    "The LAST screenshot is the current screen; the others are its history, oldest first, ordered by "
-    "--history-order: name (natural sort of the file names, so step2 comes before step10; a shell glob "
-    "like *.png expands alphabetically) or mtime (oldest file first). History screenshots enter the "
-    "prompt as earlier user turns without the agent's earlier answers (a one-off step has none).\n\n"
+    "The LAST screenshot given is the current screen; the others are its history, oldest first, in the "
+    "order given (a shell glob like step*.png expands in name order, so step10 comes before step2). "
+    "--history-order sorts them first: name (natural sort of the file names, step2 before step10) or "
+    "mtime (oldest file first). History screenshots enter the prompt as earlier user turns without the "
+    "agent's earlier answers (a one-off step has none).\n\n"
     "With --model tiny (built in, random weights) the action is meaningless and only the token counts, "
     f"cache sizes and timings are real. On a GPU use --model {GPU_MODEL} --device cuda."
 )
@@ -160,7 +161,13 @@ def infer(
     show_kept: str | None = typer.Option(
         None, "--show-kept", metavar="PNG", help="Write a picture of the kept image tokens to this PNG file."
     ),
-    history_order: str = typer.Option("name", "--history-order", help="name (natural sort) or mtime."),
+    history_order: str | None = typer.Option(
+        None,
+        "--history-order",
+        metavar="name|mtime",
+        show_default=False,
+        help="Sort the screenshots first: name (natural sort) or mtime (oldest first); default: as given.",
+    ),
     settings: list[str] | None = typer.Option(
         None,
         "--set",
@@ -246,10 +253,13 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def order_screenshots(shots: list[Screenshot], history_order: str) -> list[Screenshot]:
-    """Screenshots oldest first (the current one last), by natural file name or by mtime."""
+def order_screenshots(shots: list[Screenshot], history_order: str | None) -> list[Screenshot]:
+    """Screenshots oldest first (the current one last): as given (`history_order` None, so the
+    last argument is the current screen), or sorted by natural file name or by mtime."""
     if not shots:
         raise UserInputError("no screenshot given: expected one or more image files, the current one last")
+    if history_order is None:
+        return list(shots)
     if history_order == "name":
         return sorted(shots, key=lambda shot: (_natural_key(shot.path), str(shot.path)))
     if history_order == "mtime":

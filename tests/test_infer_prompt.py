@@ -62,6 +62,7 @@ def _shots(tmp_path: Path, names: list[str]) -> list[Screenshot]:
 
 def test_history_order_name_is_natural_and_mtime_is_oldest_first(tmp_path: Path):
     shots = _shots(tmp_path, ["step10.png", "step2.png", "step1.png"])
+    assert [s.path.name for s in order_screenshots(shots, None)] == ["step10.png", "step2.png", "step1.png"]
     assert [s.path.name for s in order_screenshots(shots, "name")] == ["step1.png", "step2.png", "step10.png"]
     assert [s.path.name for s in order_screenshots(shots, "mtime")] == [
         "step10.png",
