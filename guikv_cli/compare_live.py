@@ -18,7 +18,7 @@ from rich.table import Table
 
 from benchmarks.flags import compression_config, quiet_transformers
 from guikv_cli.report import MIB, compact_table, mib, percent, write_html
-from guikv_cli.screenshots import resolve_family, screenshot_messages
+from guikv_cli.screenshots import resolve_family
 
 
 def _flops(value: float) -> str:
@@ -181,7 +181,7 @@ def compare_step(
     with console.status(f"loading {options['model']}"):
         model, processor = load(options["model"], options["dtype"], options["attn"], options["device"])
     family = resolve_family(model, options["family"])
-    messages = screenshot_messages(family, task, screenshots)
+    messages = family.one_step_messages(task, screenshots)
     pairs = method_pairs(methods, budgets)
     with console.status("running the full cache") as status:
         rows = compare_pairs(

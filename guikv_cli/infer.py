@@ -1,9 +1,10 @@
 """`guikv infer`: one GUI-agent step on a screenshot history, with KV-cache compression, explained.
 
 The last screenshot is the current screen; the others are its history, oldest first. The prompt is
-the family's computer-use (AgentNetBench) prompt. A one-off step has no earlier model outputs, so
-each history screenshot is its own user turn with no assistant turn after it (inventing actions
-the agent never took would mislead it); the current screenshot comes with the instruction.
+`AgentFamily.one_step_messages` (the family's computer-use prompt; the same for `guikv compare` and
+`guikv analyze-attention`): a one-off step has no earlier model outputs, so each history screenshot
+is its own user turn with no assistant turn after it; the current screenshot comes with the
+instruction.
 
 Everything a user can get wrong (files, flags, the output path) is checked before torch is even
 imported, so mistakes cost a fraction of a second and read as one line.
@@ -32,9 +33,6 @@ from benchmarks.flags import compression_config, quiet_transformers
 from guikv.agents import (
     FAMILY_NAMES,
     Action,
-    AgentFamily,
-    ImageLike,
-    Message,
     detect_family,
     get_family,
 )
@@ -285,15 +283,6 @@ def check_output_png(show_kept: str | None) -> Path | None:
     return path
 
 
-def step_messages(family: AgentFamily, task: str, screenshots: Sequence[ImageLike]) -> list[Message]:
-    """The family's computer-use prompt for a one-off step: every earlier screenshot as its own user
-    turn (no assistant turns: there are no earlier answers), the current one with the instruction."""
-    history = len(screenshots) - 1
-    return family.computer_use_messages(
-        task, screenshots, [""] * history, max_history_screenshots=history, history_window=0
-    )
-
-
 def run_infer(
     shots: list[Screenshot],
     task: str,
@@ -320,7 +309,7 @@ def run_infer(
     model, processor = load(model_name, dtype=dtype, attn_implementation=attn, device=device)
     family = get_family(detect_family(model.config) if family_name == "auto" else family_name)
     paths = [str(shot.path) for shot in shots]
-    messages = step_messages(family, task, paths)
+    messages = family.one_step_messages(task, paths)
     try:
         result = run_step(
             model,

@@ -22,7 +22,6 @@ from guikv_cli.infer import (
     check_screenshot,
     order_screenshots,
     run_infer,
-    step_messages,
 )
 
 SCREENSHOTS = sorted(
@@ -37,7 +36,7 @@ SCREENSHOTS = sorted(
 def test_prompt_has_one_image_span_per_screenshot(tiny_sdpa, family_name: str, count: int):
     model, processor = tiny_sdpa
     images = [Image.open(SCREENSHOTS[i]).convert("RGB").resize((224, 140)) for i in range(count)]
-    messages = step_messages(get_family(family_name), "Open the settings", images)
+    messages = get_family(family_name).one_step_messages("Open the settings", images)
     inputs = adapter_for(model).build_inputs(processor, messages)
     layout = TokenLayout.from_input_ids(inputs["input_ids"], [model.config.image_token_id])
     assert layout.num_images == count
