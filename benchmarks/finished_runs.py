@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guikv.config import METHODS
+from benchmarks.runner import ORACLE
+from guikv.config import FULL_BUDGET, METHODS
 from guikv.errors import UserInputError
 
 SUMMARY_KEYS: tuple[str, ...] = (
@@ -47,11 +48,28 @@ class EvalRun:
         return str(self.summary["benchmark"])
 
     @property
+    def method(self) -> str:
+        """The method; `oracle` for a ground-truth oracle run (which older runs filed under the
+        default method, though no cache was compressed)."""
+        return ORACLE if self.summary["model"] == ORACLE else str(self.summary["method"])
+
+    @property
+    def budget(self) -> float:
+        """The budget in percent; 100 for `full` and the oracle, which keep everything (older runs
+        filed them at the `--budget` asked)."""
+        return FULL_BUDGET if self.method in ("full", ORACLE) else float(self.summary["budget"])
+
+    @property
+    def keeps_everything(self) -> bool:
+        """Whether nothing was compressed (the full cache or the oracle): a reference, not a point
+        on a budget curve."""
+        return self.method in ("full", ORACLE)
+
+    @property
     def sort_key(self) -> tuple[str, int, float, str]:
-        """Model, then methods in `METHODS` order, then budget."""
-        method = self.summary["method"]
-        order = METHODS.index(method) if method in METHODS else len(METHODS)
-        return (str(self.summary["model"]), order, float(self.summary["budget"]), self.path.name)
+        """Model, then methods in `METHODS` order (the oracle last), then budget."""
+        order = METHODS.index(self.method) if self.method in METHODS else len(METHODS)
+        return (str(self.summary["model"]), order, self.budget, self.path.name)
 
     def metric(self, name: str) -> float | None:
         """A summary metric as a float (None when absent or not a number)."""
@@ -150,7 +168,9 @@ def _run_entry(run: EvalRun, columns: Sequence[str]) -> dict[str, Any]:
     wrong = run.failures_as_wrong
     return {
         "path": str(run.path),
-        **{key: run.summary[key] for key in ("model", "family", "method", "budget")},
+        **{key: run.summary[key] for key in ("model", "family")},
+        "method": run.method,
+        "budget": run.budget,
         "metrics": {column: run.summary["metrics"].get(column) for column in columns},
         "savings": run.summary["savings"],
         **{key: run.summary[key] for key in ("samples_scored", "samples_skipped", "samples_failed")},

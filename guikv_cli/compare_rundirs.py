@@ -49,7 +49,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
     gets a second row, its metrics counting the failed samples as wrong."""
     title = str(runs[0].summary["title"] or benchmark)
     several_models = len({run.summary["model"] for run in runs}) > 1
-    keys = [(run.summary["model"], run.summary["method"], run.summary["budget"]) for run in runs]
+    keys = [(run.summary["model"], run.method, run.budget) for run in runs]
     show_run = len(set(keys)) < len(keys)
     columns = metric_columns(runs)
     counts = [_counts(run) for run in runs]
@@ -71,8 +71,8 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
         summary = run.summary
         table.add_row(
             *([str(summary["model"])] if several_models else []),
-            str(summary["method"]),
-            f"{float(summary['budget']):g}%",
+            run.method,
+            f"{run.budget:g}%",
             *([run.path.name] if show_run else []),
             *(_number(run.metric(column)) for column in columns),
             _saved(run.saving("kv_saved_percent")),
@@ -104,13 +104,12 @@ def _counts(run: EvalRun) -> str:
 
 def _series_label(run: EvalRun, several_models: bool) -> str:
     """A figure legend label: the method, prefixed by the model when several models are compared."""
-    method = str(run.summary["method"])
-    return f"{run.summary['model']}: {method}" if several_models else method
+    return f"{run.summary['model']}: {run.method}" if several_models else run.method
 
 
 def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | None) -> list[Path]:
-    """Accuracy vs budget and accuracy vs kept KV memory, one panel per benchmark; full-cache runs
-    are a dashed line on the first and a single point on the second."""
+    """Accuracy vs budget and accuracy vs kept KV memory, one panel per benchmark; full-cache and
+    oracle runs are dashed lines on the first, full-cache runs a single point on the second."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     by_budget, by_memory = [], []
@@ -126,21 +125,20 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
         title = str(runs[0].summary["title"] or benchmark)
         budget_series, memory_series, references = [], [], []
         for label, members in lines.items():
-            method = str(members[0].summary["method"])
+            method = members[0].method
             memory = [
                 (kept / MIB, run.metric(column))
                 for run in members
                 if (kept := run.saving("kv_bytes_kept_mean")) is not None and kept > 0
             ]
             memory_series.append(Series(label, memory, method))
-            if method == "full":
-                references.extend(
-                    (f"{label} cache", v) for run in members if (v := run.metric(column)) is not None
-                )
+            if members[0].keeps_everything:
+                name = f"{label} cache" if method == "full" else label
+                references.extend((name, v) for run in members if (v := run.metric(column)) is not None)
             else:
-                points = [(float(run.summary["budget"]), run.metric(column)) for run in members]
+                points = [(run.budget, run.metric(column)) for run in members]
                 budget_series.append(Series(label, points, method))
-        budgets = sorted({float(r.summary["budget"]) for r in runs if r.summary["method"] != "full"})
+        budgets = sorted({run.budget for run in runs if not run.keeps_everything})
         by_budget.append(
             Panel(title, "KV budget (%)", column, budget_series, references, log_x=True, x_ticks=budgets)
         )

@@ -42,7 +42,7 @@ from benchmarks.runner import (
     run,
 )
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
-from guikv.config import CompressionConfig
+from guikv.config import FULL_BUDGET, CompressionConfig
 from guikv.errors import UserInputError
 from guikv_cli import options
 
@@ -279,7 +279,10 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
         get_family(family)
     compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
     budgets = values.get("budget") or [10.0]
-    configs = tuple(compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
+    if str(values["model"]) == ORACLE:
+        configs: tuple[CompressionConfig, ...] = (CompressionConfig(method="full"),)
+    else:
+        configs = tuple(dict.fromkeys(compression_config(**compression, budget=b) for b in budgets))
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -432,8 +435,18 @@ def run_settings(
     config: CompressionConfig,
     paths: tuple[Path, Path],
 ) -> dict[str, Any]:
-    """Every setting of one run, in the order config.yaml shows them; their hash names the directory."""
+    """Every setting of one run, in the order config.yaml shows them; their hash names the directory.
+    The oracle compresses nothing: its method is `oracle` and its budget 100 (its knobs are the
+    defaults, whatever the flags say, so they never make a second oracle run directory)."""
     compression = config.to_dict()
+    method, budget = compression.pop("method"), float(compression.pop("budget"))
+    knobs = {
+        "alpha": float(compression.pop("alpha")),
+        "temperature": float(compression.pop("temperature")),
+        "window_size": compression.pop("window_size"),
+    }
+    if agent.model_id == ORACLE:
+        method, budget = ORACLE, FULL_BUDGET
     return {
         "benchmark": spec.name,
         "split": request.split or spec.default_split,
@@ -441,11 +454,9 @@ def run_settings(
         "images": str(paths[1]),
         "model": agent.model_id,
         "family": agent.family.name,
-        "method": compression.pop("method"),
-        "budget": float(compression.pop("budget")),
-        "alpha": float(compression.pop("alpha")),
-        "temperature": float(compression.pop("temperature")),
-        "window_size": compression.pop("window_size"),
+        "method": method,
+        "budget": budget,
+        **knobs,
         "screenshots": request.screenshots if spec.name == agentnetbench.SPEC.name else None,
         "limit": request.limit,
         "max_new_tokens": request.max_new_tokens or spec.max_new_tokens,
