@@ -1,7 +1,10 @@
 """Finished `guikv eval` runs read back from their run directories (`benchmarks.rundir`): what
 `guikv compare RUN_DIR...` tabulates and plots, and what a script comparing runs would read.
 
-Only `summary.json` is read, so re-scored runs (`guikv eval --rescore`) show their new numbers.
+A finished run is read from its `summary.json` alone, so re-scored runs (`guikv eval --rescore`)
+show their new numbers; a run directory without one (`config.yaml` and `.lock` only: stopped or still
+running) is unfinished, and is listed apart so that the user is told it was left out. Runs over
+different samples (another `--split` or `--limit`) are found by `sample_sets`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SAMPLES_FILE, SHARD_GLOB, SUMMARY_FILE
 from benchmarks.runner import ORACLE
 from guikv.config import FULL_BUDGET, METHODS
 from guikv.errors import UserInputError
@@ -93,7 +97,7 @@ def as_float(value: Any) -> float | None:
 
 def read_run(directory: Path) -> EvalRun:
     """Read `directory/summary.json`; anything that is not an eval run summary is a one-line error."""
-    path = directory / "summary.json"
+    path = directory / SUMMARY_FILE
     if not path.is_file():
         raise UserInputError(f"{directory}: not an eval run (no summary.json)")
     try:
@@ -114,20 +118,66 @@ def read_run(directory: Path) -> EvalRun:
     return EvalRun(directory, summary)
 
 
-def find_runs(targets: Sequence[Path]) -> list[EvalRun]:
-    """The eval runs named by `targets`: a folder with a `summary.json` is a run; any other folder
-    is searched for run folders at any depth. Each run is listed once, in a stable order."""
-    runs: dict[Path, EvalRun] = {}
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """A run directory without a `summary.json` (stopped, or still running; it has the
+    `config.yaml` and `.lock` every run writes first): its folder and how many sample records its
+    traces hold so far."""
+
+    path: Path
+    records: int
+
+
+@dataclass(frozen=True)
+class FoundRuns:
+    """What a search for eval runs found: the finished runs, and the unfinished ones left out."""
+
+    finished: list[EvalRun]
+    unfinished: list[UnfinishedRun]
+
+
+def find_runs(targets: Sequence[Path]) -> FoundRuns:
+    """The eval runs named by `targets`: a folder with a `summary.json` is a finished run, one with
+    only a `config.yaml` and a `.lock` an unfinished one; any other folder is searched for both at
+    any depth. Each run is listed once, in a stable order. A target holding neither, or nothing
+    finished at all, is a one-line error."""
+    finished: dict[Path, EvalRun] = {}
+    unfinished: dict[Path, UnfinishedRun] = {}
     for target in targets:
-        if (target / "summary.json").is_file():
-            found = [target]
+        if (target / SUMMARY_FILE).is_file() or _started(target):
+            folders = [target]
         else:
-            found = sorted(path.parent for path in target.rglob("summary.json"))
-            if not found:
+            markers = [*target.rglob(SUMMARY_FILE), *target.rglob(LOCK_FILE)]
+            folders = sorted(
+                {path.parent for path in markers if path.name == SUMMARY_FILE or _started(path.parent)}
+            )
+            if not folders:
                 raise UserInputError(f"{target}: not an eval run (no summary.json in it or below)")
-        for directory in found:
-            runs.setdefault(directory.resolve(), read_run(directory))
-    return list(runs.values())
+        for folder in folders:
+            if (folder / SUMMARY_FILE).is_file():
+                finished.setdefault(folder.resolve(), read_run(folder))
+            else:
+                unfinished.setdefault(folder.resolve(), UnfinishedRun(folder, _records_so_far(folder)))
+    if not finished:
+        first = next(iter(unfinished.values()))
+        raise UserInputError(
+            f"{first.path}: an unfinished eval run (no summary.json yet, {first.records} samples so far): "
+            "expected a finished run; re-run its guikv eval command to finish it"
+        )
+    return FoundRuns(list(finished.values()), list(unfinished.values()))
+
+
+def _started(folder: Path) -> bool:
+    """Whether `folder` is a run directory `guikv eval` started (it writes these two first)."""
+    return (folder / CONFIG_FILE).is_file() and (folder / LOCK_FILE).is_file()
+
+
+def _records_so_far(folder: Path) -> int:
+    """The records an unfinished run's traces hold (its own and any shard files'), counted by line."""
+    traces = [folder / SAMPLES_FILE, *sorted(folder.glob(SHARD_GLOB))]
+    return sum(
+        sum(1 for line in path.read_bytes().splitlines() if line.strip()) for path in traces if path.is_file()
+    )
 
 
 def group_runs(runs: Sequence[EvalRun]) -> dict[str, list[EvalRun]]:
@@ -136,6 +186,38 @@ def group_runs(runs: Sequence[EvalRun]) -> dict[str, list[EvalRun]]:
     for run in runs:
         groups.setdefault(run.benchmark, []).append(run)
     return {name: sorted(groups[name], key=lambda run: run.sort_key) for name in sorted(groups)}
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Which samples a run's numbers are over: its split and `--limit` (from its settings) and how
+    many samples it counted (scored, failed and skipped). Runs whose sets differ are not
+    comparable."""
+
+    split: str | None
+    limit: int | None
+    samples: int
+
+    def describe(self) -> str:
+        """E.g. `split all, --limit 6, 6 samples`."""
+        limit = "no --limit" if self.limit is None else f"--limit {self.limit}"
+        return f"split {self.split or 'default'}, {limit}, {self.samples} samples"
+
+
+def sample_set(run: EvalRun) -> SampleSet:
+    """The samples `run`'s numbers are over."""
+    config = run.summary["config"] if isinstance(run.summary["config"], dict) else {}
+    summary = run.summary
+    counted = sum(int(summary[key]) for key in ("samples_scored", "samples_failed", "samples_skipped"))
+    return SampleSet(config.get("split"), config.get("limit"), counted)
+
+
+def sample_sets(runs: Sequence[EvalRun]) -> dict[SampleSet, list[EvalRun]]:
+    """The runs by the samples they are over, sets in first-seen order (one key: all comparable)."""
+    sets: dict[SampleSet, list[EvalRun]] = {}
+    for run in runs:
+        sets.setdefault(sample_set(run), []).append(run)
+    return sets
 
 
 def metric_columns(runs: Sequence[EvalRun]) -> list[str]:

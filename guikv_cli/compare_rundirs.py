@@ -18,11 +18,13 @@ from rich.table import Table
 
 from benchmarks.finished_runs import (
     EvalRun,
+    UnfinishedRun,
     as_float,
     find_runs,
     group_runs,
     metric_columns,
     runs_document,
+    sample_sets,
 )
 from guikv.errors import UserInputError
 from guikv_cli.report import MIB, compact_table, mib, write_html
@@ -156,8 +158,10 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
 def compare_runs(
     targets: Sequence[Path], output: Path, metric: str | None, html_path: Path | None, console: Console
 ) -> None:
-    """The run form: tables, figures, compare.json and the optional HTML report."""
-    groups = group_runs(find_runs(targets))
+    """The run form: tables, figures, compare.json and the optional HTML report; on stderr, which
+    unfinished runs were left out and which benchmarks mix runs over different samples."""
+    found = find_runs(targets)
+    groups = group_runs(found.finished)
     if metric is not None:
         for benchmark, runs in groups.items():
             if metric not in metric_columns(runs) and not any(
@@ -167,19 +171,48 @@ def compare_runs(
                     f"--metric {metric} is not a metric of {benchmark}: expected one of "
                     f"{', '.join(metric_columns(runs))}"
                 )
+    notices = [skipped_line(run) for run in found.unfinished]
+    notices += [line for benchmark, runs in groups.items() if (line := mixed_samples_line(benchmark, runs))]
     tables = [runs_table(benchmark, runs) for benchmark, runs in groups.items()]
     for table in tables:
         console.print(table)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    for notice in notices:
+        errors.print(notice, style="yellow", markup=False)
     output.mkdir(parents=True, exist_ok=True)
     figures = run_figures(groups, output, metric)
-    (output / "compare.json").write_text(
-        json.dumps(runs_document(groups, figures), indent=2) + "\n", encoding="utf-8"
-    )
+    document = runs_document(groups, figures)
+    document["unfinished"] = [{"path": str(run.path), "records": run.records} for run in found.unfinished]
+    (output / "compare.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if html_path is not None:
-        write_html(html_path, "guikv compare: eval runs", tables, figures)
+        write_html(html_path, "guikv compare: eval runs", [*tables, *notices], figures)
     count = sum(len(runs) for runs in groups.values())
+    skipped = f", {len(found.unfinished)} unfinished skipped" if found.unfinished else ""
     console.print(
-        f"{count} run(s) in {len(groups)} benchmark(s); "
+        f"{count} run(s) in {len(groups)} benchmark(s){skipped}; "
         f"wrote compare.json and {len(figures)} figures to {output}",
         highlight=False,
+    )
+
+
+def skipped_line(run: UnfinishedRun) -> str:
+    """Why an unfinished run is not in the tables, and how to finish it."""
+    return (
+        f"skipped {run.path}: unfinished (no summary.json yet, {run.records} samples so far); "
+        "re-run its guikv eval command to finish it"
+    )
+
+
+def mixed_samples_line(benchmark: str, runs: Sequence[EvalRun]) -> str | None:
+    """A warning when a benchmark's runs are over different samples (None when they agree)."""
+    sets = sample_sets(runs)
+    if len(sets) < 2:
+        return None
+    described = "; ".join(
+        f"{samples.describe()} ({', '.join(f'{run.method} {run.budget:g}%' for run in members)})"
+        for samples, members in sets.items()
+    )
+    return (
+        f"warning: {benchmark}: the runs are over different samples, so their numbers are not "
+        f"comparable: {described}; re-run them with the same --split and --limit"
     )
