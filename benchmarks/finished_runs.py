@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SAMPLES_FILE, SHARD_GLOB, SUMMARY_FILE
+from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, count_records
 from benchmarks.runner import ORACLE
 from guikv.config import FULL_BUDGET, METHODS
 from guikv.errors import UserInputError
@@ -157,7 +157,7 @@ def find_runs(targets: Sequence[Path]) -> FoundRuns:
             if (folder / SUMMARY_FILE).is_file():
                 finished.setdefault(folder.resolve(), read_run(folder))
             else:
-                unfinished.setdefault(folder.resolve(), UnfinishedRun(folder, _records_so_far(folder)))
+                unfinished.setdefault(folder.resolve(), UnfinishedRun(folder, count_records(folder)))
     if not finished:
         first = next(iter(unfinished.values()))
         raise UserInputError(
@@ -170,14 +170,6 @@ def find_runs(targets: Sequence[Path]) -> FoundRuns:
 def _started(folder: Path) -> bool:
     """Whether `folder` is a run directory `guikv eval` started (it writes these two first)."""
     return (folder / CONFIG_FILE).is_file() and (folder / LOCK_FILE).is_file()
-
-
-def _records_so_far(folder: Path) -> int:
-    """The records an unfinished run's traces hold (its own and any shard files'), counted by line."""
-    traces = [folder / SAMPLES_FILE, *sorted(folder.glob(SHARD_GLOB))]
-    return sum(
-        sum(1 for line in path.read_bytes().splitlines() if line.strip()) for path in traces if path.is_file()
-    )
 
 
 def group_runs(runs: Sequence[EvalRun]) -> dict[str, list[EvalRun]]:

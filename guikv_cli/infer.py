@@ -16,7 +16,7 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from guikv_cli.options import (
     TEMPERATURE,
     WINDOW,
 )
+from guikv_cli.progress import status, step_status
 
 HISTORY_ORDERS = ("name", "mtime")
 TINY_PARAMETERS = 10_000_000
@@ -190,18 +191,20 @@ def infer(
     picture = check_output_png(show_kept)
     if max_new_tokens < 1:
         raise UserInputError(f"--max-new-tokens {max_new_tokens} is invalid: expected an integer >= 1")
-    report = run_infer(
-        shots,
-        instruction,
-        config,
-        model_name=model,
-        family_name=family,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        attn=attn,
-        picture=picture,
-    )
+    with status(Console(stderr=True), f"loading {model}") as show:
+        report = run_infer(
+            shots,
+            instruction,
+            config,
+            model_name=model,
+            family_name=family,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            dtype=dtype,
+            attn=attn,
+            picture=picture,
+            show_status=show,
+        )
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
@@ -295,8 +298,10 @@ def run_infer(
     dtype: str,
     attn: str,
     picture: Path | None,
+    show_status: Callable[[str], None] = lambda _text: None,
 ) -> dict[str, Any]:
     """Load the model, run the step under `config`, parse the action; everything as one report.
+    `show_status` is told what is happening (loading, encoding, prefilling, decoding, drawing).
 
     A budget too small to hold the observation window for this prompt is the user's to fix, so it
     becomes a one-line `UserInputError`; any other engine error keeps its traceback.
@@ -306,6 +311,7 @@ def run_infer(
     from guikv.models import load
     from guikv.step import run_step
 
+    show_status(f"loading {model_name}")
     model, processor = load(model_name, dtype=dtype, attn_implementation=attn, device=device)
     family = get_family(detect_family(model.config) if family_name == "auto" else family_name)
     paths = [str(shot.path) for shot in shots]
@@ -318,6 +324,7 @@ def run_infer(
             config,
             max_new_tokens=max_new_tokens,
             record_positions=picture is not None,
+            progress=lambda progress: show_status(step_status(progress)),
         )
     except ValueError as error:
         if "window_size" not in str(error):
@@ -328,6 +335,7 @@ def run_infer(
     if picture is not None:
         from guikv.viz.kept import save_kept_picture
 
+        show_status(f"drawing {picture}")
         images = [Image.open(shot.path).convert("RGB") for shot in shots]
         labels = [f"{role}: {shot.path.name}" for role, shot in zip(_roles(len(shots)), shots, strict=True)]
         save_kept_picture(

@@ -119,3 +119,32 @@ def test_a_budget_too_small_for_the_prompt_is_a_user_error(tiny_dir: Path, tmp_p
             attn="sdpa",
             picture=None,
         )
+
+
+def test_infer_says_what_it_is_doing_while_it_works(tiny_dir: Path, tmp_path: Path):
+    path = tmp_path / "screen.png"
+    Image.open(SCREENSHOTS[0]).convert("RGB").resize((224, 140)).save(path)
+    shown: list[str] = []
+    report = run_infer(
+        [check_screenshot(str(path))],
+        "Open the settings",
+        CompressionConfig(budget=50),
+        model_name=str(tiny_dir),
+        family_name="auto",
+        max_new_tokens=3,
+        device="cpu",
+        dtype="auto",
+        attn="sdpa",
+        picture=tmp_path / "kept.png",
+        show_status=shown.append,
+    )
+    decoding = [
+        f"decoding: {count} of at most 3 tokens" for count in range(1, report["generated_tokens"] + 1)
+    ]
+    assert shown == [
+        f"loading {tiny_dir}",
+        "encoding the screenshots and the task",
+        "prefilling the prompt and compressing the KV cache",
+        *decoding,
+        f"drawing {tmp_path / 'kept.png'}",
+    ]
