@@ -7,8 +7,9 @@ samples are sharded over the processes and the main process merges the traces. `
 runs independent samples in batches (`benchmarks.runner`, `benchmarks.batching`). A rich progress bar
 runs on stderr (plain progress lines when stderr is not a terminal); one results table per benchmark
 is printed at the end, and a warning for every run with failed samples. Ctrl-C says which run holds
-how many samples and that the same command resumes it. `guikv eval --rescore RUN_DIR...` re-scores finished runs with today's
-parsers and metrics instead (`benchmarks.rescore`), loading no model. See docs/eval.md.
+how many samples and that the same command resumes it. `guikv eval --rescore RUN_DIR...` re-scores
+finished runs with today's parsers and metrics instead (`benchmarks.rescore`), loading no model. See
+docs/eval.md.
 """
 
 from __future__ import annotations
