@@ -1,22 +1,26 @@
 """One agent step under every (method, budget) pair, each measured against the full cache: the
 orchestration behind `guikv compare SCREENSHOT... --task`, for scripts as much as for the CLI.
 
-`guikv.analysis.compare_methods` runs the pairs and measures fidelity; this module chooses the
-pairs, compares parsed actions and turns each result into the JSON row `compare.json` holds.
-Definitions of every field: docs/analysis.md.
+`guikv.analysis.iter_compare_methods` runs the pairs and measures fidelity; this module chooses the
+pairs, compares parsed actions, turns each result into the JSON row `compare.json` holds as it
+finishes, and reads the rows of an unfinished `compare.json` back so that a re-run does only the
+pairs still missing. Definitions of every field: docs/analysis.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from guikv.agents import AgentFamily, Message
-from guikv.analysis import Fidelity, compare_methods
+from guikv.analysis import Fidelity, iter_compare_methods
 from guikv.config import CompressionConfig
 
 MIB = 2**20
+STEP_FORMAT = "guikv-compare-step/1"
 
 
 def method_pairs(methods: Sequence[str], budgets: Sequence[float]) -> list[tuple[str, float]]:
@@ -84,7 +88,7 @@ def reference_row(reference: Fidelity) -> dict[str, Any]:
     return row
 
 
-def compare_pairs(
+def iter_rows(
     model: Any,
     processor: Any,
     family: AgentFamily,
@@ -95,10 +99,11 @@ def compare_pairs(
     base: CompressionConfig,
     max_new_tokens: int,
     progress: Callable[[str, float], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run the step with the full cache and under every pair (with oracle recall, actions parsed
-    from the `current` screenshot's frame); the rows, the full cache's first."""
-    reference, runs = compare_methods(
+) -> Iterator[dict[str, Any]]:
+    """Run the step with the full cache and under every pair (with oracle recall, actions parsed in
+    the `current` screenshot's frame), yielding the full cache's row first and then each pair's as
+    it finishes (`full` pairs are the reference itself and yield nothing)."""
+    fidelities = iter_compare_methods(
         model,
         processor,
         messages,
@@ -109,4 +114,79 @@ def compare_pairs(
         progress=progress,
         recall=True,
     )
-    return [reference_row(reference), *(fidelity_row(run) for run in runs if run.method != "full")]
+    yield reference_row(next(fidelities))
+    for fidelity in fidelities:
+        if fidelity.method != "full":
+            yield fidelity_row(fidelity)
+
+
+@dataclass(frozen=True)
+class StepComparison:
+    """What one comparison is of: the model (as named, with its family, dtype and attention), the
+    task, the screenshots, the token cap and the compression settings besides method and budget.
+    Two runs with equal comparisons give the same rows, so an unfinished one can be resumed."""
+
+    model: str
+    family: str
+    dtype: str
+    attn: str
+    task: str
+    screenshots: tuple[str, ...]
+    max_new_tokens: int
+    config: dict[str, Any]
+
+    def header(self) -> dict[str, Any]:
+        """The comparison as the leading fields of `compare.json`."""
+        return {
+            "format": STEP_FORMAT,
+            "model": self.model,
+            "family": self.family,
+            "dtype": self.dtype,
+            "attn": self.attn,
+            "task": self.task,
+            "screenshots": list(self.screenshots),
+            "max_new_tokens": self.max_new_tokens,
+            "config": self.config,
+        }
+
+
+def comparison_document(
+    comparison: StepComparison,
+    reference: dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    *,
+    complete: bool,
+    figures: Sequence[str] = (),
+) -> dict[str, Any]:
+    """`compare.json` of the screenshot form: the comparison, the full cache's row, one row per
+    pair finished so far, whether every pair is in, and the figures' file names."""
+    return {
+        **comparison.header(),
+        "prompt_tokens": reference["prompt_tokens"],
+        "complete": complete,
+        "reference": reference,
+        "results": list(results),
+        "figures": list(figures),
+    }
+
+
+def resumable_rows(path: Path, comparison: StepComparison) -> dict[tuple[str, float], dict[str, Any]]:
+    """The rows of an unfinished `compare.json` at `path` of the same comparison, by (method,
+    budget); nothing when there is none, it is complete (a re-run then measures afresh), it is
+    unreadable, or it compared something else."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("complete") is not False:
+        return {}
+    if any(document.get(key) != value for key, value in comparison.header().items()):
+        return {}
+    results = document.get("results")
+    if not isinstance(results, list):
+        return {}
+    return {
+        (row["method"], float(row["budget"])): row
+        for row in results
+        if isinstance(row, dict) and isinstance(row.get("method"), str) and "budget" in row
+    }

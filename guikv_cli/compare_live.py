@@ -8,8 +8,8 @@ pairs is `benchmarks.step_fidelity`'s job. Definitions of every column: docs/ana
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.flags import compression_config, quiet_transformers
+from guikv_cli.interrupt import saved_work
+from guikv_cli.progress import PlainProgress, status
 from guikv_cli.report import MIB, compact_table, mib, percent, write_html
 from guikv_cli.screenshots import resolve_family
 
@@ -159,6 +161,33 @@ def recall_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], outp
     return plot_panels([panel], output / "oracle_recall_vs_budget.png", "Oracle recall vs KV budget")
 
 
+class _PairProgress:
+    """What the pairs are doing, on stderr: a status line naming the run and its pair count (i/N)
+    on a terminal, plain progress lines otherwise."""
+
+    def __init__(self, console: Console, update: Callable[[str], None], total: int, done: int) -> None:
+        self.update = update
+        self.total = total
+        self.done = done
+        self.plain = None if console.is_terminal else PlainProgress(partial(console.print, markup=False))
+        if self.plain is not None:
+            self.plain.start("compare pairs", total)
+            self.plain.advance(done)
+
+    def running(self, method: str, budget: float) -> None:
+        """A run starts: the full cache (twice: timed, then for the oracle attention) or a pair."""
+        if method.startswith("full"):
+            self.update(f"running {method} cache (the reference for every pair)")
+        else:
+            self.update(f"pair {self.done + 1}/{self.total}: {method} at {budget:g}%")
+
+    def finished(self) -> None:
+        """A pair is done (and saved)."""
+        self.done += 1
+        if self.plain is not None:
+            self.plain.advance()
+
+
 def compare_step(
     screenshots: Sequence[Path],
     task: str,
@@ -170,70 +199,118 @@ def compare_step(
     html_path: Path | None,
     console: Console,
 ) -> None:
-    """The screenshot form: run every pair, print the table, write compare.json and the figure."""
+    """The screenshot form: run every pair, writing compare.json after each one (a re-run of the
+    same comparison resumes an unfinished one, running only the missing pairs), then print the
+    tables and write the figures."""
     quiet_transformers()
-    from benchmarks.step_fidelity import compare_pairs, method_pairs
+    from benchmarks.rundir import write_json
+    from benchmarks.step_fidelity import (
+        StepComparison,
+        comparison_document,
+        iter_rows,
+        method_pairs,
+        resumable_rows,
+    )
     from guikv.models import load
 
     base = compression_config(
         window_size=options["window_size"], alpha=options["alpha"], temperature=options["temperature"]
     )
-    with console.status(f"loading {options['model']}"):
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    with status(errors, f"loading {options['model']}"):
         model, processor = load(options["model"], options["dtype"], options["attn"], options["device"])
     family = resolve_family(model, options["family"])
-    messages = family.one_step_messages(task, screenshots)
-    pairs = method_pairs(methods, budgets)
-    with console.status("running the full cache") as status:
-        rows = compare_pairs(
+    comparison = StepComparison(
+        model=options["model"],
+        family=family.name,
+        dtype=options["dtype"],
+        attn=options["attn"],
+        task=task,
+        screenshots=tuple(str(path) for path in screenshots),
+        max_new_tokens=options["max_new_tokens"],
+        config=base.to_dict(),
+    )
+    path = output / "compare.json"
+    compared = [pair for pair in method_pairs(methods, budgets) if pair[0] != "full"]
+    done = {pair: row for pair, row in resumable_rows(path, comparison).items() if pair in compared}
+    pending = [pair for pair in compared if pair not in done]
+    if done:
+        errors.print(
+            f"resuming {path}: {len(done)} of {len(compared)} pairs already done; the full cache runs "
+            f"again, then the other {len(pending)}",
+            style="yellow",
+        )
+    saved = [len(done)]
+    saved_work.set(lambda: saved_pairs(path, saved[0], len(compared)))
+    output.mkdir(parents=True, exist_ok=True)
+    with status(errors, "running the full cache") as update:
+        progress = _PairProgress(errors, update, len(compared), len(done))
+        rows = iter_rows(
             model,
             processor,
             family,
-            messages,
+            family.one_step_messages(task, screenshots),
             screenshots[-1],
-            pairs,
+            pending,
             base=base,
             max_new_tokens=options["max_new_tokens"],
-            progress=lambda method, budget: status.update(f"running {method} at {budget:g}%"),
+            progress=progress.running,
         )
-    reference_row = rows[0]
-    tables = [fidelity_table(rows), cost_table(rows)]
+        reference = next(rows)
+
+        def save() -> list[dict[str, Any]]:
+            """Write every row so far (the pairs in their order) and return the pairs' rows."""
+            results = [done[pair] for pair in compared if pair in done]
+            write_json(path, comparison_document(comparison, reference, results, complete=False))
+            saved[0] = len(results)
+            return results
+
+        results = save()
+        for row in rows:
+            done[(row["method"], row["budget"])] = row
+            results = save()
+            progress.finished()
+    rows_shown = [reference, *results]
+    tables = [fidelity_table(rows_shown), cost_table(rows_shown)]
     for table in tables:
         console.print(table)
     notes = [
-        f"full-cache output: {reference_row['text']!r} (action: {reference_row['action']})",
+        f"full-cache output: {reference['text']!r} (action: {reference['action']})",
         "oracle recall: the share of the prompt positions the full cache's decode steps attended most "
         "(top C per layer and KV head, C = the method's kept count there) that the method kept",
     ]
     notes += [
         f"{row['method']} at {row['budget']:g}%: not runnable ({row['reason']})"
-        for row in rows
+        for row in results
         if not row["runnable"]
     ]
     for note in notes:
         console.print(note, highlight=False)
-    output.mkdir(parents=True, exist_ok=True)
-    compared = any(r["method"] != "full" for r in rows)
     figures = (
-        [fidelity_figure(rows, budgets, output), recall_figure(rows, budgets, output)] if compared else []
+        [fidelity_figure(rows_shown, budgets, output), recall_figure(rows_shown, budgets, output)]
+        if results
+        else []
     )
-    document = {
-        "format": "guikv-compare-step/1",
-        "model": options["model"],
-        "family": family.name,
-        "task": task,
-        "screenshots": [str(path) for path in screenshots],
-        "prompt_tokens": reference_row["prompt_tokens"],
-        "max_new_tokens": options["max_new_tokens"],
-        "config": base.to_dict(),
-        "reference": reference_row,
-        "results": rows[1:],
-        "figures": [path.name for path in figures],
-    }
-    (output / "compare.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_json(
+        path,
+        comparison_document(
+            comparison, reference, results, complete=True, figures=[figure.name for figure in figures]
+        ),
+    )
     if html_path is not None:
         write_html(html_path, f"guikv compare: {options['model']}", [*tables, *notes], figures)
     console.print(
-        f"{reference_row['prompt_tokens']} prompt tokens, {len(pairs)} pairs; "
+        f"{reference['prompt_tokens']} prompt tokens, {len(compared)} pairs and the full cache; "
         f"wrote compare.json and {len(figures)} figure(s) to {output}",
         highlight=False,
+    )
+
+
+def saved_pairs(path: Path, saved: int, total: int) -> str | None:
+    """What Ctrl-C leaves: how many pairs `compare.json` holds, and that the same command resumes."""
+    if not saved:
+        return None
+    return (
+        f"{path} holds {saved} of {total} pairs; re-run the same command to run the other "
+        f"{total - saved} (the full cache runs again first)"
     )

@@ -4,6 +4,8 @@ how to resume, exit code 130, the work kept for the re-run."""
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,12 @@ from typing import Any
 
 import pytest
 from eval_helpers import oracle_eval_args, records, run_cli, screenspot_v2, summaries, write_png
+from PIL import Image
+from rich.console import Console
 
+import guikv.analysis
 from benchmarks.runner import OracleResponder
+from guikv_cli.compare_live import _PairProgress
 from guikv_cli.progress import PlainProgress
 
 
@@ -113,4 +119,61 @@ def test_ctrl_c_before_anything_is_saved_says_so(
     assert result.code == 130
     assert result.err.strip().splitlines() == [
         "interrupted: nothing was saved yet; re-run the same command to start again"
+    ]
+
+
+def test_compare_counts_its_pairs_and_ctrl_c_keeps_the_finished_ones(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, fixtures_dir: Path
+):
+    source = sorted((fixtures_dir / "agentnetbench" / "test_data" / "images").glob("*.png"))[0]
+    screen = tmp_path / "screen.png"
+    Image.open(source).convert("RGB").resize((224, 140)).save(screen)
+    out = tmp_path / "out"
+    args = [
+        "compare", str(screen), "--task", "Open the settings", "--model", str(tiny_dir), "--device", "cpu",
+        "--methods", "snapkv,gui_kv", "--budgets", "50,60", "--max-new-tokens", "3", "--output", str(out),
+    ]  # fmt: skip
+    runs: list[str] = []
+    original = guikv.analysis.run_with_fidelity_probe
+
+    def probe(model, processor, messages, config, *rest):
+        runs.append(f"{config.method} {config.budget:g}")
+        if len(runs) == 4:  # the full cache, two pairs, then Ctrl-C during the third pair
+            raise KeyboardInterrupt
+        return original(model, processor, messages, config, *rest)
+
+    monkeypatch.setattr(guikv.analysis, "run_with_fidelity_probe", probe)
+    result = run_cli(args, monkeypatch, capsys)
+    assert result.code == 130
+    path = out / "compare.json"
+    assert result.err.strip().splitlines()[-1] == (
+        f"interrupted: {path} holds 2 of 4 pairs; re-run the same command to run the other 2 "
+        "(the full cache runs again first)"
+    )
+    assert "compare pairs: 0/4 (0%), 0:00:00 elapsed" in result.err.splitlines()  # plain lines off a terminal
+    document = json.loads(path.read_text())
+    assert document["complete"] is False
+    assert [(row["method"], row["budget"]) for row in document["results"]] == [("snapkv", 50), ("snapkv", 60)]
+
+    runs.clear()
+    again = run_cli(args, monkeypatch, capsys)
+    assert again.code == 0, again.err
+    assert runs == ["full 100", "gui_kv 50", "gui_kv 60"]  # the finished pairs are not run again
+    assert f"resuming {path}: 2 of 4 pairs already done" in again.err
+    document = json.loads(path.read_text())
+    assert document["complete"] is True and len(document["results"]) == 4
+
+
+def test_the_compare_status_line_counts_pairs():
+    shown: list[str] = []
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    progress = _PairProgress(terminal, shown.append, total=35, done=2)
+    progress.running("full", 100.0)
+    progress.running("snapkv", 5.0)
+    progress.finished()
+    progress.running("gui_kv", 1.0)
+    assert shown == [
+        "running full cache (the reference for every pair)",
+        "pair 3/35: snapkv at 5%",
+        "pair 4/35: gui_kv at 1%",
     ]
