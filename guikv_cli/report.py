@@ -8,8 +8,9 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -72,3 +73,9 @@ def mib(value: float | None) -> str:
         return "—"
     mebibytes = value / MIB
     return f"{mebibytes:.2f}" if mebibytes < 10 else f"{mebibytes:.0f}"
+
+
+def knobs_text(knobs: Mapping[str, Any]) -> str:
+    """Compression knobs set away from their defaults as a title suffix (` · window_size=4,
+    st_lite_variant=paper`), empty when there are none."""
+    return f" · {', '.join(f'{name}={value}' for name, value in knobs.items())}" if knobs else ""
