@@ -6,6 +6,7 @@ and read back to reproduce them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ METHODS: tuple[str, ...] = (
     "random",
 )
 """Every method name `compress` and `select_tokens` accept."""
+
+FULL_BUDGET = 100.0
+"""The budget of the `full` method, whatever was asked: it keeps every token, so its label, run
+directory, table row and figure point all read 100%."""
 
 POOLINGS = ("avgpool", "maxpool")
 HEAD_AGGREGATIONS = ("mean", "max")
@@ -80,7 +85,7 @@ class CompressionConfig:
     debug mode: once per `compress()`, the rebuilt window queries are checked against the attention
     kernel's own output on the first layer (w rows), so a model whose queries guikv cannot rebuild
     raises. Every field is validated on construction: a bad value raises `ValueError` naming the
-    field and the allowed values.
+    field and the allowed values. `full` keeps every token: its budget is always `FULL_BUDGET`.
     """
 
     method: str = "gui_kv"
@@ -120,6 +125,8 @@ class CompressionConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", self.method, f"one of {', '.join(METHODS)}")
+        if self.method == "full":
+            object.__setattr__(self, "budget", FULL_BUDGET)
         if not isinstance(self.budget, int | float) or not 0 < self.budget <= 100:
             _fail("budget", self.budget, "a percentage in (0, 100]")
         if not isinstance(self.window_size, int) or self.window_size < 1:
@@ -197,3 +204,15 @@ class CompressionConfig:
     def to_yaml(self, path: str | Path) -> None:
         """Write the config as YAML, readable by `from_yaml`."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def changed_knobs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The `CompressionConfig` knobs in `settings` (a config's `to_dict()`, or an eval run's
+    settings) whose value is not the default, method and budget aside, in field order: what a
+    figure's title or legend names so that it is not read as the defaults' picture."""
+    defaults = CompressionConfig().to_dict()
+    return {
+        name: settings[name]
+        for name, default in defaults.items()
+        if name not in ("method", "budget") and name in settings and settings[name] != default
+    }

@@ -8,12 +8,15 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
+
+MIB = 2**20
 
 HTML_CODE_FORMAT = (
     '<pre style="font-family:Menlo,Consolas,monospace;font-size:12px;line-height:1.3;'
@@ -62,3 +65,17 @@ def compact_table(title: str, headers: Sequence[str], left: int = 1) -> Table:
 def percent(value: float | None) -> str:
     """A share as a percentage with one decimal; missing as an em dash."""
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def mib(value: float | None) -> str:
+    """Bytes as MiB: two decimals below 10 MiB, whole MiB above; missing as an em dash."""
+    if value is None:
+        return "—"
+    mebibytes = value / MIB
+    return f"{mebibytes:.2f}" if mebibytes < 10 else f"{mebibytes:.0f}"
+
+
+def knobs_text(knobs: Mapping[str, Any]) -> str:
+    """Compression knobs set away from their defaults as a title suffix (` · window_size=4,
+    st_lite_variant=paper`), empty when there are none."""
+    return f" · {', '.join(f'{name}={value}' for name, value in knobs.items())}" if knobs else ""

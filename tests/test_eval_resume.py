@@ -23,7 +23,7 @@ from eval_helpers import (
     write_png,
 )
 
-from benchmarks.rundir import SUMMARY_FILE, read_trace, run_lock
+from benchmarks.rundir import SUMMARY_FILE, read_trace, run_directory, run_lock
 from benchmarks.runner import Call, OracleResponder
 from guikv.agents import Action, get_family
 
@@ -85,15 +85,30 @@ def test_settings_choose_the_directory(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     base = oracle_eval_args("screenspot-pro", datasets, tmp_path)
-    assert run_cli([*base, "--budget", "5", "--budget", "20"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--budget", "5", "--alpha", "1"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--budget", "5.0"], monkeypatch, capsys).code == 0  # same as the first
-    runs = sorted(summaries(tmp_path))
-    assert len(runs) == 3
-    names = [Path(run).name for run in runs]
-    assert sorted(name.split("-")[1] for name in names) == ["b20", "b5", "b5"]
-    alphas = sorted(summary["config"]["alpha"] for summary in summaries(tmp_path).values())
-    assert alphas == [1.0, 2.0, 2.0]
+    assert run_cli([*base, "--limit", "1", "--budget", "5", "--budget", "20"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--limit", "2"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--limit", "1", "--max-new-tokens", "50"], monkeypatch, capsys).code == 0
+    assert (
+        run_cli([*base, "--limit", "1", "--alpha", "1"], monkeypatch, capsys).code == 0
+    )  # same as the first
+    runs = summaries(tmp_path)
+    assert len(runs) == 3  # the oracle compresses nothing: budgets and knobs are not its settings
+    assert all(Path(run).name.startswith("oracle-b100-") for run in runs)
+    assert sorted((s["config"]["limit"], s["config"]["max_new_tokens"]) for s in runs.values()) == [
+        (1, 50),
+        (1, 400),
+        (2, 400),
+    ]
+
+
+def test_a_models_budget_and_knobs_choose_the_directory(tmp_path: Path) -> None:
+    settings = {"benchmark": "screenspot-pro", "model": "org/agent", "method": "gui_kv", "budget": 5.0}
+    first = run_directory(tmp_path, {**settings, "alpha": 2.0})
+    assert first.parent == tmp_path / "screenspot-pro" / "org--agent" and first.name.startswith("gui_kv-b5-")
+    assert run_directory(tmp_path, {**settings, "alpha": 2.0}) == first
+    other_knob = run_directory(tmp_path, {**settings, "alpha": 1.0})
+    assert other_knob.name.startswith("gui_kv-b5-") and other_knob != first
+    assert run_directory(tmp_path, {**settings, "budget": 20.0, "alpha": 2.0}).name.startswith("gui_kv-b20-")
 
 
 def test_config_yaml_flags_win_and_a_run_config_resumes_its_run(
@@ -105,17 +120,16 @@ def test_config_yaml_flags_win_and_a_run_config_resumes_its_run(
         "model": "oracle",
         "data": str(data),
         "images": str(images),
-        "budget": [5, 20],
-        "limit": 3,
+        "limit": 4,
         "instruction-level": "low",
         "output": str(tmp_path / "runs"),
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
-    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--budget", "7"], monkeypatch, capsys)
+    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--limit", "3"], monkeypatch, capsys)
     assert result.code == 0, result.err
     run_dir = only_run_dir(tmp_path / "runs")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert (config["budget"], config["limit"], config["instruction_level"]) == (7.0, 3, "low")
+    assert (config["limit"], config["instruction_level"], config["method"]) == (3, "low", "oracle")
     again = run_cli(
         ["eval", "--config", str(run_dir / "config.yaml"), "--output", str(tmp_path / "runs")],
         monkeypatch,
