@@ -24,7 +24,6 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
@@ -45,6 +44,7 @@ from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
 from guikv.config import CompressionConfig
 from guikv.errors import UserInputError
 from guikv_cli import options
+from guikv_cli.report import compact_table, metric_cell, metric_header, print_tables
 
 INSTRUCTION_LEVELS = ("high", "low")
 DEFAULT_OUTPUT = Path("runs")
@@ -548,18 +548,9 @@ def execute(request: EvalRequest) -> None:
     finally:
         display.stop()
     if shard.is_main:
-        print_tables(tables)
+        print_tables(Console(), tables)
         for summary in warnings:
             display.console.print(failure_line(summary), style="yellow", markup=False)
-
-
-def print_tables(tables: Sequence[Table]) -> None:
-    """The results tables on stdout (at least 160 columns wide when it is not a terminal)."""
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
-    for table in tables:
-        console.print(table)
 
 
 def failure_line(summary: dict[str, Any]) -> str:
@@ -569,10 +560,10 @@ def failure_line(summary: dict[str, Any]) -> str:
     shown = ", ".join(f"{item['sample_id']} ({item['error']})" for item in failed[:MISSING_SHOWN])
     more = f" (+{len(failed) - MISSING_SHOWN} more)" if len(failed) > MISSING_SHOWN else ""
     wrong = summary["metrics_failures_as_wrong"] or {}
-    counted = ", ".join(f"{column} {_percent(wrong.get(column))}" for column in summary["metric_columns"])
+    counted = ", ".join(f"{column} {metric_cell(wrong, column)}" for column in summary["metric_columns"])
     return (
         f"{summary['run_dir']}: {summary['samples_failed']} samples FAILED: {shown}{more}; the metrics "
-        f"are over the {summary['samples_scored']} scored samples; counting the failed ones wrong: "
+        f"are over the {summary['samples_scored']} scored samples; counting the failed ones wrong (%): "
         f"{counted}; re-run the same command to retry them"
     )
 
@@ -595,18 +586,13 @@ def execute_rescore(targets: Sequence[str], given: set[str]) -> None:
         )
         key = (result.spec.name, str(result.summary["model"]))
         groups.setdefault(key, []).append({**result.summary, "run_dir": str(result.run_dir)})
-    print_tables([results_table(BENCHMARKS[name], summaries) for (name, _), summaries in groups.items()])
+    print_tables(
+        Console(), [results_table(BENCHMARKS[name], summaries) for (name, _), summaries in groups.items()]
+    )
     for summaries in groups.values():
         for summary in summaries:
             if summary["samples_failed"]:
                 stderr.print(failure_line(summary), style="yellow", markup=False)
-
-
-def _percent(value: Any) -> str:
-    """A 0-1 metric as a percentage with one decimal; missing values as a dash."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "—"
-    return f"{100 * value:.1f}"
 
 
 def _saved(value: Any) -> str:
@@ -615,33 +601,31 @@ def _saved(value: Any) -> str:
 
 
 def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> Table:
-    """One benchmark's results: a row per method and budget, its own metric columns (in %), decode
-    FLOPs and KV memory saved (%), and how many samples were scored, skipped (and failed); a run with
-    failed samples gets a second row with its metrics counting them as wrong."""
+    """One benchmark's results: a row per method and budget, its own metric columns (in %, each ±
+    its standard error), decode FLOPs and KV memory saved (%), and how many samples were scored,
+    skipped (and failed); a run with failed samples gets a second row with its metrics counting
+    them as wrong."""
     first = summaries[0]
     failed = any(s["samples_failed"] for s in summaries)
-    table = Table(
-        title=Text(f"{spec.title} · {first['model']} ({first['family']})", style="bold"),
-        caption=Text(f"metrics in %; runs under {Path(first['run_dir']).parent}", style="dim"),
-    )
-    table.add_column("method")
-    table.add_column("budget %", justify="right")
-    for column in spec.metric_columns:
-        table.add_column(column, justify="right")
-    for column in (
-        "decode FLOPs saved %",
-        "KV saved %",
+    headers = [
+        "method",
+        "budget %",
+        *(metric_header(column) for column in spec.metric_columns),
+        "decode\nFLOPs\nsaved %",
+        "KV\nsaved %",
         "scored",
         "skipped",
         *(("failed",) if failed else ()),
-    ):
-        table.add_column(column, justify="right")
+    ]
+    table = compact_table(f"{spec.title} · {first['model']} ({first['family']})", headers)
+    table.caption = f"metrics in % ± standard error; runs under {Path(first['run_dir']).parent}"
+    table.caption_justify = "left"
     for summary in summaries:
         saved = summary["savings"]
         table.add_row(
             summary["method"],
             format_budget(summary["budget"]),
-            *(_percent(summary["metrics"].get(column)) for column in spec.metric_columns),
+            *(metric_cell(summary["metrics"], column) for column in spec.metric_columns),
             _saved(saved["decode_flops_saved_percent"]),
             _saved(saved["kv_saved_percent"]),
             str(summary["samples_scored"]),
@@ -651,9 +635,9 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
         if summary["samples_failed"]:
             wrong = summary["metrics_failures_as_wrong"]
             table.add_row(
-                Text("  failed as wrong", style="yellow"),
+                "  failed as wrong",
                 "",
-                *(_percent(wrong.get(column)) for column in spec.metric_columns),
+                *(metric_cell(wrong, column) for column in spec.metric_columns),
                 style="yellow",
             )
     return table
