@@ -1,13 +1,15 @@
 """`guikv eval`: run a model (or the oracle) on GUI-agent benchmarks under KV-cache compression.
 
-Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
-win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
-re-run resumes, retrying the samples that failed. Under `accelerate launch` (or torchrun) the
-samples are sharded over the processes and the main process merges the traces. `--batch-size N`
-runs independent samples in batches (`benchmarks.runner`, `benchmarks.batching`). A rich progress bar
-runs on stderr; one results table per benchmark is printed at the end, and a warning for every run
-with failed samples. `guikv eval --rescore RUN_DIR...` re-scores finished runs with today's
-parsers and metrics instead (`benchmarks.rescore`), loading no model. See docs/eval.md.
+Settings come from the flags (with `--set KNOB=VALUE` for any other compression knob), then a
+`--config` YAML, then the defaults (flags given explicitly win). An unknown YAML key is refused with
+the closest known one. Every (benchmark, budget) pair gets its own run directory
+(`benchmarks.rundir`), which a re-run resumes, retrying the samples that failed. Under `accelerate
+launch` (or torchrun) the samples are sharded over the processes and the main process merges the
+traces. `--batch-size N` runs independent samples in batches (`benchmarks.runner`,
+`benchmarks.batching`). A rich progress bar runs on stderr; one results table per benchmark is
+printed at the end, and a warning for every run with failed samples. `guikv eval --rescore
+RUN_DIR...` re-scores finished runs with today's parsers and metrics instead (`benchmarks.rescore`),
+loading no model. See docs/eval.md.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rich.table import Table
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
-from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks.flags import parse_percentages, quiet_transformers
 from benchmarks.rescore import rescore
 from benchmarks.rundir import format_budget, run_directory
 from benchmarks.runner import (
@@ -42,8 +44,9 @@ from benchmarks.runner import (
 )
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
 from guikv.config import CompressionConfig
-from guikv.errors import UserInputError
+from guikv.errors import UserInputError, did_you_mean
 from guikv_cli import options
+from guikv_cli.knobs import config_with_knobs, knob_settings
 from guikv_cli.report import compact_table, metric_cell, metric_header, print_tables
 
 INSTRUCTION_LEVELS = ("high", "low")
@@ -71,7 +74,7 @@ _KEY_TYPES: dict[str, str] = {
     "model": "text",
     "family": "text",
     "method": "text",
-    "budget": "numbers",
+    "budgets": "numbers",
     "screenshots": "int",
     "limit": "int",
     "split": "text",
@@ -93,6 +96,9 @@ _KEY_TYPES: dict[str, str] = {
     },
 }
 """Every key a `--config` YAML may hold (flag names, `-` or `_`), with the kind of value expected."""
+
+_KEY_ALIASES = {"budget": "budgets"}
+"""YAML keys read as another: a run's config.yaml holds its one `budget`, and is a valid `--config`."""
 
 _EXPECTED = {
     "text": "a string",
@@ -144,8 +150,12 @@ def eval_command(
     ),
     family: str = typer.Option("auto", "--family", help=f"auto, {', '.join(FAMILY_NAMES)}."),
     method: str = options.METHOD,
-    budget: list[float] | None = typer.Option(
-        None, "--budget", help="Percent of prompt tokens kept (default 10); repeat for a sweep."
+    budgets: str | None = typer.Option(
+        None,
+        "--budgets",
+        metavar="LIST",
+        help="Percentages of the prompt's tokens kept, comma-separated, one run each, e.g. 1,5,10 "
+        "(default 10).",
     ),
     screenshots: int = typer.Option(5, "--screenshots", help="AgentNetBench: screenshots per prompt."),
     limit: int | None = typer.Option(None, "--limit", help="First N records per file (trajectories)."),
@@ -180,19 +190,22 @@ def eval_command(
     alpha: float = options.ALPHA,
     temperature: float = options.TEMPERATURE,
     window_size: int = options.WINDOW,
+    settings: list[str] | None = options.SET,
 ) -> None:
     """Evaluate a model on GUI-agent benchmarks with a compressed KV cache (resumable, shardable), or
     re-score finished runs with --rescore."""
     values = dict(ctx.params)
     explicit = {name for name in values if _given(ctx, name)}
     if rescore_runs:
-        execute_rescore(benchmark or [], explicit - {"benchmark", "rescore_runs"})
+        flags = {param.name: param.opts[0] for param in ctx.command.params}
+        execute_rescore(benchmark or [], {flags[name] for name in explicit - {"benchmark", "rescore_runs"}})
         return
     if config is not None:
         for key, value in read_config(config).items():
             if key not in explicit:
                 values[key] = value
-    execute(build_request(values))
+    knobs = knob_settings(values.pop("settings") or [], own_flags={"budget": "--budgets"})
+    execute(build_request(values, knobs))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -222,9 +235,11 @@ def read_config(path: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        key = _KEY_ALIASES.get(key, key)
         if key not in _KEY_TYPES:
+            hint = did_you_mean(str(raw_key), [*_KEY_TYPES, *_KEY_ALIASES])
             raise UserInputError(
-                f"--config {path}: unknown key '{raw_key}'; expected some of: {', '.join(_KEY_TYPES)}"
+                f"--config {path}: unknown key '{raw_key}'{hint}; expected some of: {', '.join(_KEY_TYPES)}"
             )
         if value is not None:
             settings[key] = _coerce(path, str(raw_key), _KEY_TYPES[key], value)
@@ -254,8 +269,9 @@ def _coerce(path: Path, key: str, kind: str, value: Any) -> Any:
     raise UserInputError(f"--config {path}: key '{key}': expected {_EXPECTED[kind]}, got {value!r}")
 
 
-def build_request(values: dict[str, Any]) -> EvalRequest:
-    """Validate merged settings into an `EvalRequest`; each problem is a one-line error naming the flag."""
+def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -> EvalRequest:
+    """Validate merged settings and the `--set` knobs into an `EvalRequest`; each problem is a
+    one-line error naming the flag."""
     names = values.get("benchmark") or []
     if not names:
         raise UserInputError(f"benchmark: missing; expected one or more of: {', '.join(BENCHMARKS)}")
@@ -277,9 +293,18 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
     family = str(values["family"]).strip().lower()
     if family != "auto":
         get_family(family)
-    compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
-    budgets = values.get("budget") or [10.0]
-    configs = tuple(compression_config(**compression, budget=b) for b in dict.fromkeys(budgets))
+    knobs = knobs or {}
+    compression = {
+        name: values[name]
+        for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION)
+        if name in values and name not in knobs
+    }
+    budgets = values.get("budgets") or "10"
+    if isinstance(budgets, str):
+        budgets = parse_percentages(budgets, "--budgets")
+    else:
+        budgets = parse_percentages(",".join(f"{budget:g}" for budget in budgets), "--config budgets")
+    configs = tuple(config_with_knobs(knobs, **compression, budget=budget) for budget in budgets)
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -569,11 +594,12 @@ def failure_line(summary: dict[str, Any]) -> str:
 
 
 def execute_rescore(targets: Sequence[str], given: set[str]) -> None:
-    """`--rescore`: re-score the run directories under `targets` (nothing else may be given), say
+    """`--rescore`: re-score the run directories under `targets` (no other flag may be `given`), say
     what changed, and print the new tables (one per benchmark and model) and any failure warnings."""
     if given:
-        flags = ", ".join(sorted("--" + name.replace("_", "-") for name in given))
-        raise UserInputError(f"--rescore takes run directories only; {flags} belongs to running an eval")
+        raise UserInputError(
+            f"--rescore takes run directories only; {', '.join(sorted(given))} belongs to running an eval"
+        )
     if not targets:
         raise UserInputError("--rescore: missing RUN_DIR; expected one or more eval run directories")
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -4,6 +4,7 @@ to the prompt the runner built; a re-score keeps it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def test_agentnetbench_prompts_show_the_history_the_model_gave(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     rows = _oracle_records("agentnetbench", datasets, tmp_path, monkeypatch, capsys)
-    for earlier, later in zip(rows, rows[1:], strict=False):
+    for earlier, later in itertools.pairwise(rows):
         [prompt] = later["prompts"]
         assert earlier["raw_output"] in _texts(prompt)  # the model's own earlier output
         shown = [Path(image).name for image in _images(prompt)]

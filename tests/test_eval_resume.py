@@ -85,9 +85,9 @@ def test_settings_choose_the_directory(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     base = oracle_eval_args("screenspot-pro", datasets, tmp_path)
-    assert run_cli([*base, "--budget", "5", "--budget", "20"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--budget", "5", "--alpha", "1"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--budget", "5.0"], monkeypatch, capsys).code == 0  # same as the first
+    assert run_cli([*base, "--budgets", "5,20"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--budgets", "5", "--alpha", "1"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--budgets", "5.0"], monkeypatch, capsys).code == 0  # same as the first
     runs = sorted(summaries(tmp_path))
     assert len(runs) == 3
     names = [Path(run).name for run in runs]
@@ -111,7 +111,7 @@ def test_config_yaml_flags_win_and_a_run_config_resumes_its_run(
         "output": str(tmp_path / "runs"),
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
-    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--budget", "7"], monkeypatch, capsys)
+    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--budgets", "7"], monkeypatch, capsys)
     assert result.code == 0, result.err
     run_dir = only_run_dir(tmp_path / "runs")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
