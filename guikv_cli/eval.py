@@ -30,6 +30,7 @@ from rich.table import Table
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
 from benchmarks.flags import parse_percentages, quiet_transformers
+from benchmarks.locations import data_paths
 from benchmarks.rescore import rescore
 from benchmarks.rundir import format_budget, run_directory
 from benchmarks.runner import (
@@ -338,17 +339,6 @@ def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
 def _path(value: Any) -> Path | None:
     """A path setting, None when absent."""
     return None if value is None else Path(value)
-
-
-def data_paths(spec: BenchmarkSpec, data: Path | None, images: Path | None) -> tuple[Path, Path]:
-    """The benchmark's data and screenshot directories, from the flags or its environment variables."""
-    chosen: list[Path] = []
-    for given, env, flag in ((data, spec.data_env, "--data"), (images, spec.images_env, "--images")):
-        value = given if given is not None else os.environ.get(env)
-        if not value:
-            raise UserInputError(f"{spec.name}: no {flag[2:]} directory; pass {flag} or set {env}")
-        chosen.append(Path(value).expanduser().resolve())
-    return chosen[0], chosen[1]
 
 
 def load_benchmark(
