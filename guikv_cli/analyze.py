@@ -212,7 +212,9 @@ def analyze_prompts(
 
 
 def analyze_attention(
-    screenshots: list[Path] = typer.Argument(None, help="Screenshots, oldest first; the last is current."),
+    screenshots: list[Path] = typer.Argument(
+        None, metavar="SCREENSHOT", help="Screenshots, oldest first; the last is current."
+    ),
     task: str | None = typer.Option(None, "--task", help="The task text (with SCREENSHOT...)."),
     benchmark: str | None = typer.Option(None, "--benchmark", help="Analyze benchmark prompts instead."),
     data: Path | None = typer.Option(None, "--data", help="Benchmark data directory (else its env var)."),

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from guikv import __version__
 from guikv.errors import UserInputError
+from guikv_cli.help import PlainHelpCommand, PlainHelpGroup
 
 COMMAND_MODULES: tuple[str, ...] = (
     "guikv_cli.infer",
@@ -27,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 app = typer.Typer(
     name="guikv",
+    cls=PlainHelpGroup,
     help="GUI-KV: KV-cache compression for GUI agents (UI-TARS, OpenCUA and other Qwen-VL agents).",
     invoke_without_command=True,
     add_completion=False,
@@ -54,6 +56,8 @@ def root(
 
 for _module in COMMAND_MODULES:
     import_module(_module).register(app)
+for _command in app.registered_commands:
+    _command.cls = PlainHelpCommand
 
 
 def main() -> None:

@@ -159,7 +159,9 @@ def eval_command(
         "(default 10).",
     ),
     screenshots: int = typer.Option(5, "--screenshots", help="AgentNetBench: screenshots per prompt."),
-    limit: int | None = typer.Option(None, "--limit", help="First N records per file (trajectories)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="First N records of each benchmark file (AgentNetBench: trajectories)."
+    ),
     split: str | None = typer.Option(None, "--split", help="Benchmark split (default: all)."),
     instruction_level: str = typer.Option("high", "--instruction-level", help="AndroidControl: high|low."),
     max_new_tokens: int | None = typer.Option(
