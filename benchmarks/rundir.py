@@ -161,6 +161,15 @@ class TraceWriter:
         self.close()
 
 
+def count_records(run_dir: Path) -> int:
+    """How many sample records a run directory's traces hold now (`samples.jsonl` and any shard
+    files), counted by non-blank line: cheap, and never an error, for a progress or interrupt note."""
+    traces = [run_dir / SAMPLES_FILE, *sorted(run_dir.glob(SHARD_GLOB))]
+    return sum(
+        sum(1 for line in path.read_bytes().splitlines() if line.strip()) for path in traces if path.is_file()
+    )
+
+
 def trace_text(records: Iterable[Record]) -> str:
     """Records as the lines of a trace file, exactly as `TraceWriter` writes them."""
     return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)

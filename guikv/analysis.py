@@ -26,16 +26,17 @@ The window statistics come from forward hooks that rebuild the last `window` que
 layer's input, exactly as compression scores them, so any attention implementation and any prompt
 size work, chunk by chunk. `full_attention_counts` reads eager attention weights instead.
 
-For `guikv compare`, `compare_methods` runs one input under several (method, budget) pairs and
-measures each output's fidelity to the full cache (`token_agreement`, `kl_divergence`) and, on
-request, the share of the positions decoding needed that each method kept (`guikv.recall`).
+For `guikv compare`, `compare_methods` (or `iter_compare_methods`, one result at a time) runs one
+input under several (method, budget) pairs and measures each output's fidelity to the full cache
+(`token_agreement`, `kl_divergence`) and, on request, the share of the positions decoding needed
+that each method kept (`guikv.recall`).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -568,7 +569,7 @@ def run_with_fidelity_probe(
     )
 
 
-def compare_methods(
+def iter_compare_methods(
     model: nn.Module,
     processor: Any,
     messages: Sequence[dict[str, Any]],
@@ -579,14 +580,14 @@ def compare_methods(
     base: CompressionConfig | None = None,
     progress: Callable[[str, float], None] | None = None,
     recall: bool = False,
-) -> tuple[Fidelity, list[Fidelity]]:
-    """Run one input with the full cache (once) and under every (method, budget) pair.
-
-    Returns the full-cache run and one `Fidelity` per pair, in order; a `full` pair reuses the
-    reference run instead of running again. `action_key(text)` turns an output into a comparable
-    tuple whose first item names the action (e.g. the first parsed action's fields); without it
-    actions are not compared. `base` supplies the other config fields (window size, alpha, ...).
-    `progress(method, budget)` is called before each run.
+) -> Iterator[Fidelity]:
+    """Run one input with the full cache (once) and under every (method, budget) pair, yielding the
+    full-cache run first and then one `Fidelity` per pair as each finishes, in order (so a caller
+    can keep each result the moment it exists); a `full` pair reuses the reference run instead of
+    running again. `action_key(text)` turns an output into a comparable tuple whose first item names
+    the action (e.g. the first parsed action's fields); without it actions are not compared. `base`
+    supplies the other config fields (window size, alpha, ...). `progress(method, budget)` is called
+    before each run.
 
     With `recall=True` every run also gets its oracle recall (`Fidelity.recall_per_layer`): one more
     full-cache run, untimed so the reference's decode times stay clean, collects the decode steps'
@@ -615,7 +616,7 @@ def compare_methods(
     reference_key = action_key(reference.result.text) if action_key else None
     if reference_key:
         reference.action = str(reference_key[0])
-    runs = []
+    yield reference
     for method, budget in pairs:
         if method == "full":
             fidelity = Fidelity(
@@ -640,5 +641,32 @@ def compare_methods(
                 key = action_key(fidelity.result.text)
                 fidelity.action = str(key[0]) if key else None
                 fidelity.action_match = key == reference_key
-        runs.append(fidelity)
+        yield fidelity
+
+
+def compare_methods(
+    model: nn.Module,
+    processor: Any,
+    messages: Sequence[dict[str, Any]],
+    pairs: Sequence[tuple[str, float]],
+    *,
+    max_new_tokens: int = 32,
+    action_key: Callable[[str], tuple[Any, ...]] | None = None,
+    base: CompressionConfig | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    recall: bool = False,
+) -> tuple[Fidelity, list[Fidelity]]:
+    """`iter_compare_methods` run to the end: the full-cache run and one `Fidelity` per pair, in
+    order."""
+    reference, *runs = iter_compare_methods(
+        model,
+        processor,
+        messages,
+        pairs,
+        max_new_tokens=max_new_tokens,
+        action_key=action_key,
+        base=base,
+        progress=progress,
+        recall=recall,
+    )
     return reference, runs

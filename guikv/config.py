@@ -25,6 +25,10 @@ METHODS: tuple[str, ...] = (
 )
 """Every method name `compress` and `select_tokens` accept."""
 
+FULL_BUDGET = 100.0
+"""The budget of the `full` method, whatever was asked: it keeps every token, so its label, run
+directory, table row and figure point all read 100%."""
+
 POOLINGS = ("avgpool", "maxpool")
 HEAD_AGGREGATIONS = ("mean", "max")
 SUBSPACES = ("qr", "svd")
@@ -80,7 +84,7 @@ class CompressionConfig:
     debug mode: once per `compress()`, the rebuilt window queries are checked against the attention
     kernel's own output on the first layer (w rows), so a model whose queries guikv cannot rebuild
     raises. Every field is validated on construction: a bad value raises `ValueError` naming the
-    field and the allowed values.
+    field and the allowed values. `full` keeps every token: its budget is always `FULL_BUDGET`.
     """
 
     method: str = "gui_kv"
@@ -120,6 +124,8 @@ class CompressionConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", self.method, f"one of {', '.join(METHODS)}")
+        if self.method == "full":
+            object.__setattr__(self, "budget", FULL_BUDGET)
         if not isinstance(self.budget, int | float) or not 0 < self.budget <= 100:
             _fail("budget", self.budget, "a percentage in (0, 100]")
         if not isinstance(self.window_size, int) or self.window_size < 1:

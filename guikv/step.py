@@ -108,17 +108,32 @@ class StepResult:
         }
 
 
-class _ForwardClock:
-    """Timestamps the end of every top-level forward, so prefill and decode time split cleanly."""
+@dataclass(frozen=True)
+class StepProgress:
+    """Where a step is, for a status line: `phase` is "encoding" (screenshots and text into model
+    inputs), "prefilling" (the prompt through the model, then compression) or "decoding" (with
+    `generated` tokens so far, at most `max_new_tokens`)."""
 
-    def __init__(self, device: torch.device) -> None:
+    phase: str
+    generated: int
+    max_new_tokens: int
+
+
+class _ForwardClock:
+    """Timestamps the end of every top-level forward, so prefill and decode time split cleanly, and
+    tells `on_forward` how many forwards have ended (after the timestamp)."""
+
+    def __init__(self, device: torch.device, on_forward: Callable[[int], None] | None = None) -> None:
         self.device = device
         self.ends: list[float] = []
+        self.on_forward = on_forward
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.ends.append(time.perf_counter())
+        if self.on_forward is not None:
+            self.on_forward(len(self.ends))
 
 
 @overload
@@ -133,6 +148,7 @@ def run_step(
     keep_first_decode_logits: bool = ...,
     oracle_mass: bool = ...,
     method_state: Any = ...,
+    progress: Callable[[StepProgress], None] | None = ...,
 ) -> StepResult: ...
 
 
@@ -148,6 +164,7 @@ def run_step(
     keep_first_decode_logits: bool = ...,
     oracle_mass: bool = ...,
     method_state: Any = ...,
+    progress: Callable[[StepProgress], None] | None = ...,
 ) -> list[StepResult]: ...
 
 
@@ -162,6 +179,7 @@ def run_step(
     keep_first_decode_logits: bool = False,
     oracle_mass: bool = False,
     method_state: Any = None,
+    progress: Callable[[StepProgress], None] | None = None,
 ) -> StepResult | list[StepResult]:
     """Generate greedily for one agent step under `config` and measure what it kept and cost.
 
@@ -176,6 +194,9 @@ def run_step(
     A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`;
     for a batch, a list with one per conversation) when given, else starts empty; the result's
     `method_state` is the state after this step, to pass to the next step of the same trajectory.
+
+    `progress`, when given, is told each phase as it starts and each decoded token (`StepProgress`),
+    e.g. for a status line while a large model works; it runs between the timed forwards.
     """
     batched = bool(messages) and not isinstance(messages[0], Mapping)
     conversations = list(messages) if batched else [messages]
@@ -190,6 +211,7 @@ def run_step(
         keep_first_decode_logits=keep_first_decode_logits,
         oracle_mass=oracle_mass,
         method_states=states,
+        progress=progress,
     )
     return results if batched else results[0]
 
@@ -205,6 +227,7 @@ def run_steps(
     keep_first_decode_logits: bool = False,
     oracle_mass: bool = False,
     method_states: Sequence[Any] | None = None,
+    progress: Callable[[StepProgress], None] | None = None,
 ) -> list[StepResult]:
     """One agent step for each of several conversations, decoded as one batch.
 
@@ -213,7 +236,8 @@ def run_steps(
     `_generate_row_by_row` for why). Each result holds its own figures: prompt and kept tokens, KV
     bytes, FLOPs, generated tokens (up to its first end-of-sequence token, as alone). The times are
     the batch's (`batch_size` rows shared them). A family that cannot be batched (OpenCUA) raises
-    for more than one row.
+    for more than one row. `progress` is as for `run_step` (the batch's tokens: each row's prefill
+    is one forward, then each decoding forward gives every row one token).
     """
     adapter = adapter_for(model)
     rows = len(conversations)
@@ -232,9 +256,17 @@ def run_steps(
         raise ValueError(
             f"{len(states)} method states for {rows} conversations: expected one per conversation"
         )
+    tell = progress or (lambda _progress: None)
+    tell(StepProgress("encoding", 0, max_new_tokens))
     inputs = [adapter.build_inputs(processor, messages).to(model.device) for messages in conversations]
     settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, _eos_ids(model))
-    clock = _ForwardClock(model.device)
+    tell(StepProgress("prefilling", 0, max_new_tokens))
+
+    def forward_ended(forwards: int) -> None:
+        if forwards >= rows:
+            tell(StepProgress("decoding", forwards - rows + 1, max_new_tokens))
+
+    clock = _ForwardClock(model.device, forward_ended if progress is not None else None)
     handle = model.register_forward_hook(clock, with_kwargs=True)
     try:
         with torch.no_grad():

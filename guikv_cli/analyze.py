@@ -21,7 +21,7 @@ from benchmarks.flags import quiet_transformers
 from guikv.errors import UserInputError
 from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL
 from guikv_cli.report import compact_table, write_html
-from guikv_cli.screenshots import check_screenshots, resolve_family, screenshot_messages
+from guikv_cli.screenshots import check_screenshots, resolve_family
 
 DEFAULT_OUTPUT = Path("guikv-analysis")
 DEFAULT_LIMIT = 1
@@ -256,7 +256,7 @@ def analyze_attention(
     if benchmark:
         prompts = [(sample.sample_id, sample_prompt(agent, sample)[0]) for sample in samples]
     else:
-        prompts = [("screenshots", screenshot_messages(agent, task or "", screenshots))]
+        prompts = [("screenshots", agent.one_step_messages(task or "", screenshots))]
     with console.status("analyzing") as status:
         counted = analyze_prompts(
             loaded,

@@ -1,7 +1,8 @@
 """The `guikv` command: a Typer app whose subcommands live one per module.
 
 User mistakes (`UserInputError`, and bad flags or values caught by the parser) become one line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback. Ctrl-C in any command becomes one line saying what was
+saved and how to resume, exit code 130 (`guikv_cli.interrupt`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.markup import escape
 from guikv import __version__
 from guikv.errors import UserInputError
 from guikv_cli.help import PlainHelpCommand, PlainHelpGroup
+from guikv_cli.interrupt import INTERRUPTED_EXIT_CODE, Interrupted, interruptible, saved_work
 
 COMMAND_MODULES: tuple[str, ...] = (
     "guikv_cli.infer",
@@ -57,12 +59,14 @@ def root(
 for _module in COMMAND_MODULES:
     import_module(_module).register(app)
 for _command in app.registered_commands:
+    _command.callback = interruptible(_command.callback)
     _command.cls = PlainHelpCommand
 
 
 def main() -> None:
     """Entry point of the `guikv` console script."""
     errors = Console(stderr=True)
+    saved_work.clear()
     try:
         result = app(standalone_mode=False)
     except (UserInputError, typer.TyperException) as error:
@@ -72,7 +76,10 @@ def main() -> None:
         line = escape(" ".join(message.split()) + hint)
         errors.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted:
+        errors.print(saved_work.line(), highlight=False, markup=False, soft_wrap=True)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except typer.Abort:
         errors.print("aborted")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     sys.exit(result if isinstance(result, int) else 0)

@@ -6,10 +6,11 @@ the closest known one. Every (benchmark, budget) pair gets its own run directory
 (`benchmarks.rundir`), which a re-run resumes, retrying the samples that failed. Under `accelerate
 launch` (or torchrun) the samples are sharded over the processes and the main process merges the
 traces. `--batch-size N` runs independent samples in batches (`benchmarks.runner`,
-`benchmarks.batching`). A rich progress bar runs on stderr; one results table per benchmark is
-printed at the end, and a warning for every run with failed samples. `guikv eval --rescore
-RUN_DIR...` re-scores finished runs with today's parsers and metrics instead (`benchmarks.rescore`),
-loading no model. See docs/eval.md.
+`benchmarks.batching`). A rich progress bar runs on stderr (plain progress lines when stderr is not a
+terminal); one results table per benchmark is printed at the end, and a warning for every run with
+failed samples. Ctrl-C says which run holds how many samples and that the same command resumes it.
+`guikv eval --rescore RUN_DIR...` re-scores finished runs with today's parsers and metrics instead
+(`benchmarks.rescore`), loading no model. See docs/eval.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from benchmarks.common import BenchmarkSpec, LoadResult
 from benchmarks.flags import parse_percentages, quiet_transformers
 from benchmarks.locations import data_paths
 from benchmarks.rescore import rescore
-from benchmarks.rundir import format_budget, run_directory
+from benchmarks.rundir import count_records, format_budget, run_directory
 from benchmarks.runner import (
     ORACLE,
     ModelResponder,
@@ -44,10 +46,12 @@ from benchmarks.runner import (
     run,
 )
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
-from guikv.config import CompressionConfig
+from guikv.config import FULL_BUDGET, CompressionConfig
 from guikv.errors import UserInputError, did_you_mean
 from guikv_cli import options
+from guikv_cli.interrupt import saved_work
 from guikv_cli.knobs import config_with_knobs, knob_settings
+from guikv_cli.progress import PlainProgress, status
 from guikv_cli.report import compact_table, metric_cell, metric_header, print_tables
 
 INSTRUCTION_LEVELS = ("high", "low")
@@ -307,7 +311,12 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
         budgets = parse_percentages(budgets, "--budgets")
     else:
         budgets = parse_percentages(",".join(f"{budget:g}" for budget in budgets), "--config budgets")
-    configs = tuple(config_with_knobs(knobs, **compression, budget=budget) for budget in budgets)
+    oracle = str(values["model"]) == ORACLE
+    if oracle and compression.get("method") == ORACLE:
+        del compression["method"]  # an oracle run's own config.yaml, passed back as --config
+    configs = tuple(dict.fromkeys(config_with_knobs(knobs, **compression, budget=b) for b in budgets))
+    if oracle:
+        configs = (CompressionConfig(method="full"),)  # the settings are checked; it runs once, at 100
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -449,8 +458,18 @@ def run_settings(
     config: CompressionConfig,
     paths: tuple[Path, Path],
 ) -> dict[str, Any]:
-    """Every setting of one run, in the order config.yaml shows them; their hash names the directory."""
+    """Every setting of one run, in the order config.yaml shows them; their hash names the directory.
+    The oracle compresses nothing: its method is `oracle` and its budget 100 (its knobs are the
+    defaults, whatever the flags say, so they never make a second oracle run directory)."""
     compression = config.to_dict()
+    method, budget = compression.pop("method"), float(compression.pop("budget"))
+    knobs = {
+        "alpha": float(compression.pop("alpha")),
+        "temperature": float(compression.pop("temperature")),
+        "window_size": compression.pop("window_size"),
+    }
+    if agent.model_id == ORACLE:
+        method, budget = ORACLE, FULL_BUDGET
     return {
         "benchmark": spec.name,
         "split": request.split or spec.default_split,
@@ -458,11 +477,9 @@ def run_settings(
         "images": str(paths[1]),
         "model": agent.model_id,
         "family": agent.family.name,
-        "method": compression.pop("method"),
-        "budget": float(compression.pop("budget")),
-        "alpha": float(compression.pop("alpha")),
-        "temperature": float(compression.pop("temperature")),
-        "window_size": compression.pop("window_size"),
+        "method": method,
+        "budget": budget,
+        **knobs,
         "screenshots": request.screenshots if spec.name == agentnetbench.SPEC.name else None,
         "limit": request.limit,
         "max_new_tokens": request.max_new_tokens or spec.max_new_tokens,
@@ -474,21 +491,29 @@ def run_settings(
 
 
 class _Display:
-    """The rich side of a run on stderr: notices, and a progress bar (main process only)."""
+    """The rich side of a run on stderr: notices, and progress (main process only): a bar per run
+    on a terminal, plain progress lines at a steady rate otherwise (nohup, CI, `| tee`), where a
+    live bar would only show once finished."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        plain = shard.is_main and not self.console.is_terminal
+        self.plain = PlainProgress(self._plain_line) if plain else None
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            disable=not shard.is_main,
+            disable=not shard.is_main or plain,
         )
         self.task: TaskID | None = None
         self.live = False
+
+    def _plain_line(self, text: str) -> None:
+        """One plain progress line."""
+        self.console.print(text, markup=False)
 
     def note(self, text: str) -> None:
         """Print one notice line from the run (a resume, a dropped line, a failed generation); other
@@ -503,7 +528,10 @@ class _Display:
 
     def start(self, label: str, total: int) -> None:
         """A new progress bar for one run (the display goes live with the first one, so an error
-        before any sample runs prints only its own line)."""
+        before any sample runs prints only its own line), or its first plain line."""
+        if self.plain is not None:
+            self.plain.start(label, total)
+            return
         if not self.live:
             self.progress.start()
             self.live = True
@@ -517,7 +545,9 @@ class _Display:
 
     def advance(self) -> None:
         """One sample done."""
-        if self.task is not None:
+        if self.plain is not None:
+            self.plain.advance()
+        elif self.task is not None:
             self.progress.advance(self.task)
 
     def events(self) -> RunEvents:
@@ -531,16 +561,19 @@ def execute(request: EvalRequest) -> None:
     shard, device = make_shard(request.device)
     display = _Display(shard)
     loaded = [(spec, *load_benchmark(spec, request, display.main_note)) for spec in request.benchmarks]
-    agent = make_agent(request, device)
+    with status(display.console, f"loading {request.model}"):
+        agent = make_agent(request, device)
     check_batch_size(request, agent)
     tables: list[Table] = []
     warnings: list[dict[str, Any]] = []
+    finished = 0
     try:
         for spec, samples, data, images in loaded:
             summaries: list[dict[str, Any]] = []
             for config in request.configs:
                 settings = run_settings(spec, request, agent, config, (data, images))
                 run_dir = run_directory(request.output, settings)
+                saved_work.set(partial(saved_samples, run_dir, len(samples.samples), finished))
                 responder = agent.responder(config, settings["max_new_tokens"])
                 summary = run(
                     spec,
@@ -556,6 +589,7 @@ def execute(request: EvalRequest) -> None:
                     events=display.events(),
                     batch_size=request.batch_size,
                 )
+                finished += 1
                 if summary is not None:
                     summaries.append({**summary, "run_dir": str(run_dir)})
                     if summary["samples_failed"]:
@@ -568,6 +602,16 @@ def execute(request: EvalRequest) -> None:
         print_tables(Console(), tables)
         for summary in warnings:
             display.console.print(failure_line(summary), style="yellow", markup=False)
+
+
+def saved_samples(run_dir: Path, total: int, finished: int) -> str:
+    """What Ctrl-C leaves: the records of the run in progress (and the runs finished before it),
+    and that the same command resumes."""
+    earlier = f" ({finished} earlier run{'s' if finished != 1 else ''} finished)" if finished else ""
+    return (
+        f"{run_dir} holds {count_records(run_dir)} of {total} samples{earlier}; re-run the same "
+        "command to resume (finished samples are kept)"
+    )
 
 
 def failure_line(summary: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """`guikv infer`: one GUI-agent step on a screenshot history, with KV-cache compression, explained.
 
 The last screenshot is the current screen; the others are its history, oldest first. The prompt is
-the family's computer-use (AgentNetBench) prompt. A one-off step has no earlier model outputs, so
-each history screenshot is its own user turn with no assistant turn after it (inventing actions
-the agent never took would mislead it); the current screenshot comes with the instruction.
+`AgentFamily.one_step_messages` (the family's computer-use prompt; the same for `guikv compare` and
+`guikv analyze-attention`): a one-off step has no earlier model outputs, so each history screenshot
+is its own user turn with no assistant turn after it; the current screenshot comes with the
+instruction.
 
 Everything a user can get wrong (files, flags, the output path) is checked before torch is even
 imported, so mistakes cost a fraction of a second and read as one line.
@@ -15,7 +16,7 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,6 @@ from benchmarks.flags import quiet_transformers
 from guikv.agents import (
     FAMILY_NAMES,
     Action,
-    AgentFamily,
-    ImageLike,
-    Message,
     detect_family,
     get_family,
 )
@@ -54,6 +52,7 @@ from guikv_cli.options import (
     TEMPERATURE,
     WINDOW,
 )
+from guikv_cli.progress import status, step_status
 
 HISTORY_ORDERS = ("name", "mtime")
 TINY_PARAMETERS = 10_000_000
@@ -65,10 +64,11 @@ MIB = 2**20
 HELP = (
     "Run one GUI-agent step: screenshots and a task in, the model's action out, with the KV cache "
     "compressed; shows what compression kept and saved.\n\n"
-    "The LAST screenshot is the current screen; the others are its history, oldest first, ordered by "
-    "--history-order: name (natural sort of the file names, so step2 comes before step10; a shell glob "
-    "like *.png expands alphabetically) or mtime (oldest file first). History screenshots enter the "
-    "prompt as earlier user turns without the agent's earlier answers (a one-off step has none).\n\n"
+    "The LAST screenshot given is the current screen; the others are its history, oldest first, in the "
+    "order given (a shell glob like step*.png expands in name order, so step10 comes before step2). "
+    "--history-order sorts them first: name (natural sort of the file names, step2 before step10) or "
+    "mtime (oldest file first). History screenshots enter the prompt as earlier user turns without the "
+    "agent's earlier answers (a one-off step has none).\n\n"
     "With --model tiny (built in, random weights) the action is meaningless and only the token counts, "
     f"cache sizes and timings are real. On a GPU use --model {GPU_MODEL} --device cuda."
 )
@@ -107,7 +107,13 @@ def infer(
     show_kept: str | None = typer.Option(
         None, "--show-kept", metavar="PNG", help="Write a picture of the kept image tokens to this PNG file."
     ),
-    history_order: str = typer.Option("name", "--history-order", help="name (natural sort) or mtime."),
+    history_order: str | None = typer.Option(
+        None,
+        "--history-order",
+        metavar="name|mtime",
+        show_default=False,
+        help="Sort the screenshots first: name (natural sort) or mtime (oldest first); default: as given.",
+    ),
     settings: list[str] | None = SET,
 ) -> None:
     """Run one agent step and print what it did and what compression kept (see HELP)."""
@@ -126,18 +132,20 @@ def infer(
     picture = check_output_png(show_kept)
     if max_new_tokens < 1:
         raise UserInputError(f"--max-new-tokens {max_new_tokens} is invalid: expected an integer >= 1")
-    report = run_infer(
-        shots,
-        instruction,
-        config,
-        model_name=model,
-        family_name=family,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        attn=attn,
-        picture=picture,
-    )
+    with status(Console(stderr=True), f"loading {model}") as show:
+        report = run_infer(
+            shots,
+            instruction,
+            config,
+            model_name=model,
+            family_name=family,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            dtype=dtype,
+            attn=attn,
+            picture=picture,
+            show_status=show,
+        )
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
@@ -187,10 +195,13 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def order_screenshots(shots: list[Screenshot], history_order: str) -> list[Screenshot]:
-    """Screenshots oldest first (the current one last), by natural file name or by mtime."""
+def order_screenshots(shots: list[Screenshot], history_order: str | None) -> list[Screenshot]:
+    """Screenshots oldest first (the current one last): as given (`history_order` None, so the
+    last argument is the current screen), or sorted by natural file name or by mtime."""
     if not shots:
         raise UserInputError("no screenshot given: expected one or more image files, the current one last")
+    if history_order is None:
+        return list(shots)
     if history_order == "name":
         return sorted(shots, key=lambda shot: (_natural_key(shot.path), str(shot.path)))
     if history_order == "mtime":
@@ -216,15 +227,6 @@ def check_output_png(show_kept: str | None) -> Path | None:
     return path
 
 
-def step_messages(family: AgentFamily, task: str, screenshots: Sequence[ImageLike]) -> list[Message]:
-    """The family's computer-use prompt for a one-off step: every earlier screenshot as its own user
-    turn (no assistant turns: there are no earlier answers), the current one with the instruction."""
-    history = len(screenshots) - 1
-    return family.computer_use_messages(
-        task, screenshots, [""] * history, max_history_screenshots=history, history_window=0
-    )
-
-
 def run_infer(
     shots: list[Screenshot],
     task: str,
@@ -237,8 +239,10 @@ def run_infer(
     dtype: str,
     attn: str,
     picture: Path | None,
+    show_status: Callable[[str], None] = lambda _text: None,
 ) -> dict[str, Any]:
     """Load the model, run the step under `config`, parse the action; everything as one report.
+    `show_status` is told what is happening (loading, encoding, prefilling, decoding, drawing).
 
     A budget too small to hold the observation window for this prompt is the user's to fix, so it
     becomes a one-line `UserInputError`; any other engine error keeps its traceback.
@@ -248,10 +252,11 @@ def run_infer(
     from guikv.models import load
     from guikv.step import run_step
 
+    show_status(f"loading {model_name}")
     model, processor = load(model_name, dtype=dtype, attn_implementation=attn, device=device)
     family = get_family(detect_family(model.config) if family_name == "auto" else family_name)
     paths = [str(shot.path) for shot in shots]
-    messages = step_messages(family, task, paths)
+    messages = family.one_step_messages(task, paths)
     try:
         result = run_step(
             model,
@@ -260,6 +265,7 @@ def run_infer(
             config,
             max_new_tokens=max_new_tokens,
             record_positions=picture is not None,
+            progress=lambda progress: show_status(step_status(progress)),
         )
     except ValueError as error:
         if "window_size" not in str(error):
@@ -270,6 +276,7 @@ def run_infer(
     if picture is not None:
         from guikv.viz.kept import save_kept_picture
 
+        show_status(f"drawing {picture}")
         images = [Image.open(shot.path).convert("RGB") for shot in shots]
         labels = [f"{role}: {shot.path.name}" for role, shot in zip(_roles(len(shots)), shots, strict=True)]
         save_kept_picture(

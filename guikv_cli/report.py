@@ -21,6 +21,8 @@ from rich.table import Table
 
 from benchmarks.stats import stderr_key
 
+MIB = 2**20
+
 HTML_CODE_FORMAT = (
     '<pre style="font-family:Menlo,Consolas,monospace;font-size:12px;line-height:1.3;'
     'color:{foreground};background-color:{background};padding:12px;overflow-x:auto"><code>{code}</code></pre>'
@@ -112,3 +114,11 @@ def metric_cell(metrics: Mapping[str, object], name: str) -> str:
 def percent(value: float | None) -> str:
     """A share as a percentage with one decimal; missing as an em dash."""
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def mib(value: float | None) -> str:
+    """Bytes as MiB: two decimals below 10 MiB, whole MiB above; missing as an em dash."""
+    if value is None:
+        return "—"
+    mebibytes = value / MIB
+    return f"{mebibytes:.2f}" if mebibytes < 10 else f"{mebibytes:.0f}"

@@ -1,5 +1,6 @@
-"""Screenshot inputs shared by `guikv analyze-attention` and `guikv compare`: checking the files,
-the computer-use prompt that shows them all, and the agent family that prompts the model.
+"""Screenshot inputs shared by `guikv analyze-attention` and `guikv compare`: checking the files
+and the agent family that prompts the model (the prompt itself is `AgentFamily.one_step_messages`,
+the same as `guikv infer`'s).
 """
 
 from __future__ import annotations
@@ -24,15 +25,6 @@ def check_screenshots(paths: Sequence[Path]) -> list[Path]:
         except (UnidentifiedImageError, OSError) as error:
             raise UserInputError(f"SCREENSHOT {path}: not a readable image ({error})") from None
     return list(paths)
-
-
-def screenshot_messages(family: Any, task: str, screenshots: Sequence[Path]) -> list[dict[str, Any]]:
-    """The family's computer-use prompt (AgentNetBench layout) with every screenshot shown, the
-    last one current; earlier steps get empty history turns."""
-    earlier = len(screenshots) - 1
-    return family.computer_use_messages(
-        task, list(screenshots), [""] * earlier, max_history_screenshots=earlier, history_window=earlier
-    )
 
 
 def resolve_family(model: Any, family: str | None) -> Any:

@@ -16,17 +16,12 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from benchmarks.finished_runs import find_runs, group_runs
+from benchmarks.step_fidelity import method_pairs
 from guikv.errors import UserInputError
 from guikv_cli.app import main
-from guikv_cli.compare import (
-    DEFAULT_METHODS,
-    find_runs,
-    group_runs,
-    method_pairs,
-    parse_budgets,
-    parse_methods,
-    runs_table,
-)
+from guikv_cli.compare import DEFAULT_METHODS, parse_budgets, parse_methods
+from guikv_cli.compare_rundirs import runs_table
 
 AGENTNET_COLUMNS = ["overall_score", "average_trajectory_score", "milestone_score", "hit_rate"]
 
@@ -116,8 +111,8 @@ def test_runs_are_found_below_parents_and_grouped_by_benchmark(runs: Path):
         runs / "agentnetbench" / "tiny" / "snapkv-b5-0123abcd",
         runs / "agentnetbench" / "tiny" / "full-b100-0123abcd",
     ]
-    assert [run.path.name for run in find_runs(two)] == ["snapkv-b5-0123abcd", "full-b100-0123abcd"]
-    found = find_runs([runs, runs / "agentnetbench"])
+    assert [run.path.name for run in find_runs(two).finished] == ["snapkv-b5-0123abcd", "full-b100-0123abcd"]
+    found = find_runs([runs, runs / "agentnetbench"]).finished
     assert len(found) == 6
     groups = group_runs(found)
     assert list(groups) == ["agentnetbench", "screenspot-v2"]
@@ -129,7 +124,7 @@ def test_table_from_two_run_directories(runs: Path):
     directories = [
         runs / "agentnetbench" / "tiny" / name for name in ("gui_kv-b5-0123abcd", "snapkv-b5-0123abcd")
     ]
-    groups = group_runs(find_runs(directories))
+    groups = group_runs(find_runs(directories).finished)
     lines = [
         line.split() for line in render(runs_table("agentnetbench", groups["agentnetbench"])).splitlines()
     ]
@@ -148,7 +143,7 @@ def test_table_from_two_run_directories(runs: Path):
 def test_table_shows_differing_sample_counts_and_several_models(tmp_path: Path):
     write_run(tmp_path / "a", "snapkv", 5, 0.4)
     write_run(tmp_path / "b", "snapkv", 5, 0.4, model="other", samples_skipped=2, samples_failed=1)
-    runs = group_runs(find_runs([tmp_path]))["agentnetbench"]
+    runs = group_runs(find_runs([tmp_path]).finished)["agentnetbench"]
     text = render(runs_table("agentnetbench", runs))
     assert "model" in text and "other" in text and "samples" in text
     assert "7 scored, 2 skipped, 1 failed" in text
@@ -158,7 +153,7 @@ def test_a_run_with_failed_samples_also_shows_them_counted_wrong(monkeypatch, ca
     wrong = {column: 0.25 for column in AGENTNET_COLUMNS}
     write_run(tmp_path / "runs", "snapkv", 5, 0.4, samples_failed=2, metrics_failures_as_wrong=wrong)
     write_run(tmp_path / "runs", "gui_kv", 5, 0.5)
-    runs = group_runs(find_runs([tmp_path / "runs"]))["agentnetbench"]
+    runs = group_runs(find_runs([tmp_path / "runs"]).finished)["agentnetbench"]
     lines = [line.split() for line in render(runs_table("agentnetbench", runs)).splitlines()]
     row = next(i for i, line in enumerate(lines) if line[:1] == ["snapkv"])
     assert " ".join(lines[row]).endswith(
@@ -192,6 +187,50 @@ def test_cli_writes_grouped_tables_json_figures_and_html(monkeypatch, capsys, ru
         assert np.asarray(Image.open(out / name).convert("L"), dtype=float).std() > 10
     page = (out / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "ScreenSpot-v2" in page
+
+
+def unfinished_run(root: Path, records: int) -> Path:
+    """A run directory `guikv eval` started and left: config.yaml, .lock, `records` trace lines."""
+    directory = root / "agentnetbench" / "tiny" / "gui_kv-b40-0123abcd"
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text("method: gui_kv\nbudget: 40\n")
+    (directory / ".lock").touch()
+    lines = [
+        json.dumps({"sample_id": f"t/{index}", "benchmark": "agentnetbench"}) for index in range(records)
+    ]
+    (directory / "samples.jsonl").write_text("".join(line + "\n" for line in lines))
+    return directory
+
+
+def test_an_unfinished_run_is_skipped_with_a_notice(monkeypatch, capsys, runs: Path, tmp_path: Path):
+    left = unfinished_run(runs, 2)
+    code, stdout, stderr = run_main(monkeypatch, capsys, "compare", runs, "--output", tmp_path / "out")
+    assert code == 0, stderr
+    notice = " ".join(stderr.split())
+    assert f"skipped {left}: unfinished (no summary.json yet, 2 samples so far)" in notice
+    assert "re-run its guikv eval command to finish it" in notice
+    assert "1 unfinished skipped" in stdout and "b40" not in stdout
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert document["unfinished"] == [{"path": str(left), "records": 2}]
+    code, _, stderr = run_main(monkeypatch, capsys, "compare", left, "--output", tmp_path / "out")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "an unfinished eval run (no summary.json yet, 2 samples so far)" in stderr
+
+
+def test_runs_over_different_samples_are_warned(monkeypatch, capsys, tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, "full", 100, 0.6)
+    limited = {"method": "gui_kv", "budget": 10, "split": "all", "limit": 1}
+    write_run(root, "gui_kv", 10, 0.9, config=limited, samples_scored=2)
+    code, _, stderr = run_main(monkeypatch, capsys, "compare", root, "--output", tmp_path / "out")
+    assert code == 0, stderr
+    warning = " ".join(stderr.split())
+    assert "agentnetbench: the runs are over different samples" in warning
+    assert "split default, no --limit, 7 samples (full 100%)" in warning
+    assert "split all, --limit 1, 2 samples (gui_kv 10%)" in warning
+    alone = root / "agentnetbench" / "tiny" / "full-b100-0123abcd"
+    code, _, stderr = run_main(monkeypatch, capsys, "compare", alone, "--output", tmp_path / "out")
+    assert code == 0 and "different samples" not in stderr
 
 
 def test_metric_option_picks_the_plotted_metric(monkeypatch, capsys, runs: Path, tmp_path: Path):

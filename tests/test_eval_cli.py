@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eval_helpers import BENCHMARK_NAMES, build_all, environment, records, run_cli, summaries, write_png
+from eval_helpers import (
+    BENCHMARK_NAMES,
+    build_all,
+    environment,
+    records,
+    run_cli,
+    screenspot_pro,
+    summaries,
+    write_png,
+)
 
 from benchmarks import get_benchmark
 from benchmarks.runner import COST_FIELDS
@@ -87,21 +96,15 @@ def test_the_frontier_methods_run_with_knobs_from_the_config(
 
 
 def test_set_knobs_on_eval_beat_the_config_and_name_the_run(
-    datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    fixtures_dir: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """`--set KNOB=VALUE` works on eval as on infer: typed like its field, winning over the same key
     in `--config`, written to config.yaml (so it chooses the run directory)."""
     (tmp_path / "knobs.yaml").write_text("star_kv_prior_lambda: 0.1\nrank: 16\n")
-    data, images = datasets["screenspot-pro"]
-    args = ["eval", "screenspot-pro", "--model", "oracle", "--data", str(data), "--images", str(images)]
-    args += [
-        "--method",
-        "star_kv",
-        "--config",
-        str(tmp_path / "knobs.yaml"),
-        "--output",
-        str(tmp_path / "runs"),
-    ]
+    data, images = screenspot_pro(fixtures_dir, tmp_path / "data", write_png, scale=0.1)
+    args = ["eval", "screenspot-pro", "--model", str(tiny_dir), "--data", str(data), "--images", str(images)]
+    args += ["--method", "star_kv", "--config", str(tmp_path / "knobs.yaml"), "--max-new-tokens", "2"]
+    args += ["--device", "cpu", "--output", str(tmp_path / "runs")]
     knobs = ["--set", "star_kv_prior_lambda=0.3", "--set", "star_kv_temporal=false"]
     result = run_cli([*args, *knobs, "--budgets", "5,20"], monkeypatch, capsys)
     assert result.code == 0, result.err

@@ -53,7 +53,7 @@ def test_oracle_scores_everything(
     result = run_cli(oracle_eval_args(name, datasets, tmp_path), monkeypatch, capsys)
     assert result.code == 0, result.err
     [(run, summary)] = summaries(tmp_path).items()
-    assert run.startswith(f"{name}/oracle/gui_kv-b10-")
+    assert run.startswith(f"{name}/oracle/oracle-b100-")
     assert all(summary["metrics"][metric] == 1.0 for metric in PERFECT[name]), summary["metrics"]
     assert summary["samples_scored"] == SAMPLES[name]
     assert (summary["samples_skipped"], summary["samples_failed"]) == (0, 0)
@@ -96,7 +96,7 @@ def test_run_directory_contract(
         "seed",
     ):
         assert key in config
-    assert config["max_new_tokens"] == 500 and config["family"] == "ui-tars" and config["budget"] == 10.0
+    assert config["max_new_tokens"] == 500 and config["family"] == "ui-tars" and config["budget"] == 100.0
     summary = summaries(tmp_path)[str(run_dir.relative_to(tmp_path))]
     assert summary["config"] == config
     assert summary["metric_columns"] == ["step_accuracy", "element_accuracy", "operation_f1"]

@@ -66,7 +66,8 @@ def json_run(
 ) -> tuple[dict, Path]:
     """One `--json --show-kept` run on the tiny model: (the parsed report, the picture path)."""
     picture = tmp_path_factory.mktemp("picture") / "kept.png"
-    # Given in reverse order: --history-order name puts step1 first, step2 (current) last.
+    # Given in reverse order, and kept so: the last argument is the current screen (no sorting unless
+    # --history-order asks for it).
     result = run_cli(
         *map(str, reversed(screens)),
         "--task",
@@ -93,7 +94,7 @@ def test_json_reports_the_step(json_run: tuple[dict, Path]):
     assert report["tiny_model"] is True
     assert "random weights" in report["note"]
     assert "--model ByteDance-Seed/UI-TARS-1.5-7B --device cuda" in report["note"]
-    assert [Path(shot["path"]).name for shot in report["screenshots"]] == ["step1.png", "step2.png"]
+    assert [Path(shot["path"]).name for shot in report["screenshots"]] == ["step2.png", "step1.png"]
     assert [shot["role"] for shot in report["screenshots"]] == ["history 1", "current"]
     assert report["num_images"] == 2
     assert report["prompt_tokens"] == report["image_tokens"] + report["text_tokens"]

@@ -22,7 +22,6 @@ from guikv_cli.infer import (
     check_screenshot,
     order_screenshots,
     run_infer,
-    step_messages,
 )
 
 SCREENSHOTS = sorted(
@@ -37,7 +36,7 @@ SCREENSHOTS = sorted(
 def test_prompt_has_one_image_span_per_screenshot(tiny_sdpa, family_name: str, count: int):
     model, processor = tiny_sdpa
     images = [Image.open(SCREENSHOTS[i]).convert("RGB").resize((224, 140)) for i in range(count)]
-    messages = step_messages(get_family(family_name), "Open the settings", images)
+    messages = get_family(family_name).one_step_messages("Open the settings", images)
     inputs = adapter_for(model).build_inputs(processor, messages)
     layout = TokenLayout.from_input_ids(inputs["input_ids"], [model.config.image_token_id])
     assert layout.num_images == count
@@ -62,6 +61,7 @@ def _shots(tmp_path: Path, names: list[str]) -> list[Screenshot]:
 
 def test_history_order_name_is_natural_and_mtime_is_oldest_first(tmp_path: Path):
     shots = _shots(tmp_path, ["step10.png", "step2.png", "step1.png"])
+    assert [s.path.name for s in order_screenshots(shots, None)] == ["step10.png", "step2.png", "step1.png"]
     assert [s.path.name for s in order_screenshots(shots, "name")] == ["step1.png", "step2.png", "step10.png"]
     assert [s.path.name for s in order_screenshots(shots, "mtime")] == [
         "step10.png",
@@ -119,3 +119,32 @@ def test_a_budget_too_small_for_the_prompt_is_a_user_error(tiny_dir: Path, tmp_p
             attn="sdpa",
             picture=None,
         )
+
+
+def test_infer_says_what_it_is_doing_while_it_works(tiny_dir: Path, tmp_path: Path):
+    path = tmp_path / "screen.png"
+    Image.open(SCREENSHOTS[0]).convert("RGB").resize((224, 140)).save(path)
+    shown: list[str] = []
+    report = run_infer(
+        [check_screenshot(str(path))],
+        "Open the settings",
+        CompressionConfig(budget=50),
+        model_name=str(tiny_dir),
+        family_name="auto",
+        max_new_tokens=3,
+        device="cpu",
+        dtype="auto",
+        attn="sdpa",
+        picture=tmp_path / "kept.png",
+        show_status=shown.append,
+    )
+    decoding = [
+        f"decoding: {count} of at most 3 tokens" for count in range(1, report["generated_tokens"] + 1)
+    ]
+    assert shown == [
+        f"loading {tiny_dir}",
+        "encoding the screenshots and the task",
+        "prefilling the prompt and compressing the KV cache",
+        *decoding,
+        f"drawing {tmp_path / 'kept.png'}",
+    ]

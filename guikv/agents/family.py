@@ -30,6 +30,9 @@ class AgentFamily:
     - `web_messages(task, screenshot, previous_actions)`: Mind2Web;
     - `parse(text, image_size, *, min_pixels, max_pixels) -> list[Action]`;
     - `format_action(action, image_size, *, min_pixels, max_pixels) -> str`, the inverse of parse.
+
+    `one_step_messages(task, screenshots)` builds the prompt of a one-off step from the
+    computer-use prompt (what `guikv infer`, `guikv compare` and `guikv analyze-attention` ask).
     """
 
     name: str
@@ -39,6 +42,16 @@ class AgentFamily:
     web_messages: Callable[[str, ImageLike, Sequence[str]], list[Message]]
     parse: Callable[..., list[Action]]
     format_action: Callable[..., str]
+
+    def one_step_messages(self, task: str, screenshots: Sequence[ImageLike]) -> list[Message]:
+        """The computer-use prompt of a one-off step: `screenshots[-1]` is the current screen,
+        shown with the task; every earlier one is its own user turn, oldest first, with no
+        assistant turn after it (a one-off step has no earlier answers, and inventing empty ones
+        would change what the model sees)."""
+        history = len(screenshots) - 1
+        return self.computer_use_messages(
+            task, list(screenshots), [""] * history, max_history_screenshots=history, history_window=0
+        )
 
 
 FAMILIES: dict[str, AgentFamily] = {
