@@ -6,6 +6,7 @@ and read back to reproduce them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,15 @@ class CompressionConfig:
     def to_yaml(self, path: str | Path) -> None:
         """Write the config as YAML, readable by `from_yaml`."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def changed_knobs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The `CompressionConfig` knobs in `settings` (a config's `to_dict()`, or an eval run's
+    settings) whose value is not the default, method and budget aside, in field order: what a
+    figure's title or legend names so that it is not read as the defaults' picture."""
+    defaults = CompressionConfig().to_dict()
+    return {
+        name: settings[name]
+        for name, default in defaults.items()
+        if name not in ("method", "budget") and name in settings and settings[name] != default
+    }

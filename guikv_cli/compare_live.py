@@ -8,7 +8,7 @@ pairs is `benchmarks.step_fidelity`'s job. Definitions of every column: docs/ana
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.flags import compression_config, quiet_transformers
+from guikv.config import changed_knobs
 from guikv_cli.interrupt import saved_work
 from guikv_cli.progress import PlainProgress, status
-from guikv_cli.report import MIB, compact_table, mib, percent, write_html
+from guikv_cli.report import MIB, compact_table, knobs_text, mib, percent, write_html
 from guikv_cli.screenshots import resolve_family
 
 
@@ -97,8 +98,11 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def fidelity_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], output: Path) -> Path:
-    """Token agreement and first-decode-step KL against budget, one line per method."""
+def fidelity_figure(
+    rows: Sequence[dict[str, Any]], budgets: Sequence[float], output: Path, knobs: Mapping[str, Any]
+) -> Path:
+    """Token agreement and first-decode-step KL against budget, one line per method (spread a
+    little along x so equal ones stay visible), the title naming the `knobs` set."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     methods = list(dict.fromkeys(row["method"] for row in rows if row["method"] != "full"))
@@ -116,6 +120,8 @@ def fidelity_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], ou
             [("full cache", 100.0)],
             log_x=True,
             x_ticks=budgets,
+            dodge=True,
+            y_from_zero=True,
         ),
         Panel(
             "KL(full || method), first decoding step",
@@ -125,14 +131,20 @@ def fidelity_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], ou
             log_x=True,
             log_y=True,
             x_ticks=budgets,
+            dodge=True,
         ),
     ]
-    return plot_panels(panels, output / "fidelity_vs_budget.png", "Fidelity to the full cache")
+    title = f"Fidelity to the full cache{knobs_text(knobs)}"
+    return plot_panels(panels, output / "fidelity_vs_budget.png", title)
 
 
-def recall_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], output: Path) -> Path:
-    """Oracle recall against budget, one line per method, with what keeping positions at random
-    would recall on average (the budget itself) as a dotted diagonal."""
+def recall_figure(
+    rows: Sequence[dict[str, Any]], budgets: Sequence[float], output: Path, knobs: Mapping[str, Any]
+) -> Path:
+    """Oracle recall against budget from 0%, one line per method (spread a little along x, each
+    with its own open marker and line style, so that equal ones stay visible), with what keeping
+    positions at random would recall on average (the budget itself) as a dotted diagonal; the
+    title names the `knobs` set."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     methods = list(dict.fromkeys(row["method"] for row in rows if row["method"] != "full"))
@@ -157,8 +169,11 @@ def recall_figure(rows: Sequence[dict[str, Any]], budgets: Sequence[float], outp
         [("full cache", 100.0)],
         log_x=True,
         x_ticks=budgets,
+        dodge=True,
+        y_from_zero=True,
     )
-    return plot_panels([panel], output / "oracle_recall_vs_budget.png", "Oracle recall vs KV budget")
+    title = f"Oracle recall vs KV budget{knobs_text(knobs)}"
+    return plot_panels([panel], output / "oracle_recall_vs_budget.png", title)
 
 
 class _PairProgress:
@@ -286,11 +301,13 @@ def compare_step(
     ]
     for note in notes:
         console.print(note, highlight=False)
-    figures = (
-        [fidelity_figure(rows_shown, budgets, output), recall_figure(rows_shown, budgets, output)]
-        if results
-        else []
-    )
+    knobs = changed_knobs(base.to_dict())
+    figures = []
+    if results:
+        figures = [
+            fidelity_figure(rows_shown, budgets, output, knobs),
+            recall_figure(rows_shown, budgets, output, knobs),
+        ]
     write_json(
         path,
         comparison_document(

@@ -26,8 +26,9 @@ from benchmarks.finished_runs import (
     runs_document,
     sample_sets,
 )
+from guikv.config import changed_knobs
 from guikv.errors import UserInputError
-from guikv_cli.report import MIB, compact_table, mib, write_html
+from guikv_cli.report import MIB, compact_table, knobs_text, mib, write_html
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -105,8 +106,12 @@ def _counts(run: EvalRun) -> str:
 
 
 def _series_label(run: EvalRun, several_models: bool) -> str:
-    """A figure legend label: the method, prefixed by the model when several models are compared."""
-    return f"{run.summary['model']}: {run.method}" if several_models else run.method
+    """A figure legend label: the method with the knobs its run set away from the defaults (so runs
+    of one method with different knobs are different lines), prefixed by the model when several
+    models are compared."""
+    knobs = changed_knobs(run.summary["config"]) if isinstance(run.summary["config"], dict) else {}
+    label = f"{run.method} ({knobs_text(knobs).removeprefix(' · ')})" if knobs else run.method
+    return f"{run.summary['model']}: {label}" if several_models else label
 
 
 def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | None) -> list[Path]:

@@ -37,7 +37,7 @@ from guikv.agents import (
     get_family,
 )
 from guikv.agents.resize import MAX_ASPECT_RATIO
-from guikv.config import CompressionConfig
+from guikv.config import CompressionConfig, changed_knobs
 from guikv.errors import UserInputError
 from guikv_cli.knobs import config_with_knobs, knob_settings
 from guikv_cli.options import (
@@ -289,6 +289,7 @@ def run_infer(
             kept_positions=result.kept_positions,
             method=config.method,
             budget=config.budget,
+            knobs=changed_knobs(config.to_dict()),
         )
     parameters = sum(parameter.numel() for parameter in model.parameters())
     tiny = model_name == "tiny" or parameters < TINY_PARAMETERS

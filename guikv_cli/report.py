@@ -14,6 +14,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -122,3 +123,9 @@ def mib(value: float | None) -> str:
         return "—"
     mebibytes = value / MIB
     return f"{mebibytes:.2f}" if mebibytes < 10 else f"{mebibytes:.0f}"
+
+
+def knobs_text(knobs: Mapping[str, Any]) -> str:
+    """Compression knobs set away from their defaults as a title suffix (` · window_size=4,
+    st_lite_variant=paper`), empty when there are none."""
+    return f" · {', '.join(f'{name}={value}' for name, value in knobs.items())}" if knobs else ""

@@ -148,3 +148,30 @@ def test_infer_says_what_it_is_doing_while_it_works(tiny_dir: Path, tmp_path: Pa
         *decoding,
         f"drawing {tmp_path / 'kept.png'}",
     ]
+
+
+def test_the_kept_picture_names_the_knobs_set(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "screen.png"
+    Image.open(SCREENSHOTS[0]).convert("RGB").resize((224, 140)).save(path)
+    drawn: list[dict] = []
+    monkeypatch.setattr("guikv.viz.kept.save_kept_picture", lambda *args, **kwargs: drawn.append(kwargs))
+    run_infer(
+        [check_screenshot(str(path))],
+        "Open the settings",
+        CompressionConfig(method="st_lite", budget=50, st_lite_variant="paper"),
+        model_name=str(tiny_dir),
+        family_name="auto",
+        max_new_tokens=1,
+        device="cpu",
+        dtype="auto",
+        attn="sdpa",
+        picture=tmp_path / "kept.png",
+    )
+    [picture] = drawn
+    assert (picture["method"], picture["budget"], picture["knobs"]) == (
+        "st_lite",
+        50,
+        {"st_lite_variant": "paper"},
+    )

@@ -7,9 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from guikv.viz.kept import DPI, figure_size, kept_share, patch_shares, save_kept_picture
+from guikv.config import CompressionConfig, changed_knobs
+from guikv.viz.kept import (
+    DPI,
+    figure_size,
+    kept_figure,
+    kept_share,
+    kept_title,
+    patch_shares,
+    save_kept_picture,
+)
 
 
 def test_share_counts_layers_times_kv_heads():
@@ -50,10 +60,41 @@ def test_picture_has_the_expected_size_and_is_not_blank(tmp_path: Path):
     )
     picture = Image.open(path)
     width, height = figure_size([image.size for image in images])
-    assert picture.size == (round(width * DPI), round(height * DPI)) == (800, 405)
+    assert picture.size == (round(width * DPI), round(height * DPI)) == (800, 425)
     assert np.asarray(picture.convert("L"), dtype=np.float32).var() > 100
 
 
 def test_no_kept_positions_is_a_clear_error():
     with pytest.raises(ValueError, match="record_positions=True"):
         kept_share(10, [])
+
+
+def test_titles_and_long_file_names_stay_inside_the_picture_and_their_panel():
+    images = [Image.new("RGB", (280, 168)), Image.new("RGB", (280, 168))]
+    grids = [np.zeros((6, 10)), np.zeros((6, 10))]
+    name = "history 1: a_really_long_screenshot_file_name_from_the_recorder_2025-01-01_12-00-00.png"
+    labels = [f"{name}\n0.0% of 60 tokens kept", "current: step03.png\n27.3% of 60 tokens kept"]
+    title = "st_lite · budget 10% · st_lite_variant=paper\nkept 10.0% of 3,348 prompt tokens, 13.6% of 2,392"
+    for shown in (images[:1], images):
+        figure = kept_figure(shown, grids[: len(shown)], labels[: len(shown)], title)
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        page = figure.bbox
+        heading = figure.texts[0].get_window_extent(renderer)
+        assert page.x0 <= heading.x0 and heading.x1 <= page.x1
+        for axes in figure.axes[: len(shown)]:
+            label = axes.title.get_window_extent(renderer)
+            panel = axes.get_window_extent(renderer)
+            assert panel.x0 - 1 <= label.x0 and label.x1 <= panel.x1 + 1, axes.title.get_text()
+        assert figure.axes[0].title.get_text().endswith("tokens kept")  # the second line is whole
+
+
+def test_the_title_names_the_knobs_that_are_not_the_defaults():
+    config = CompressionConfig(method="st_lite", budget=5, window_size=4, st_lite_variant="paper")
+    knobs = changed_knobs(config.to_dict())
+    assert knobs == {"window_size": 4, "st_lite_variant": "paper"}
+    assert changed_knobs(CompressionConfig(method="snapkv", budget=40).to_dict()) == {}
+    title = kept_title(config.method, config.budget, knobs, torch.full((10,), 0.5), torch.ones(4))
+    assert title.splitlines() == [
+        "st_lite · budget 5% · window_size=4 · st_lite_variant=paper",
+        "kept 50.0% of 10 prompt tokens, 100.0% of 4 image tokens",
+    ]

@@ -31,6 +31,10 @@ METHOD_COLORS = {
 """A fixed color per method, so every figure reads the same way."""
 
 MARKERS = "osD^v<>pP*Xh"
+LINE_STYLES = ("-", "--", "-.", ":")
+DODGE = 0.02
+"""How far apart `Panel.dodge` spreads neighbouring series along x: a share of a decade on a log
+axis (0.02 decade is about 5%), else of the x range."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,10 @@ class Panel:
     """One subplot: a title, axis labels, series, and horizontal reference lines (label, y), e.g.
     the full cache's accuracy on an accuracy-vs-budget plot. `log_x` and `log_y` use log scales
     (points with y <= 0 cannot be drawn on a log y axis and are left out); `x_ticks` labels exactly
-    those x values."""
+    those x values. `dodge` spreads the series a little along x around their true x, so that
+    methods with equal values stay visible side by side instead of one hiding the other (every
+    series also has its own marker, drawn open, and line style); `y_from_zero` starts the y axis at
+    0 (a share that would otherwise look large where it is not)."""
 
     title: str
     xlabel: str
@@ -60,6 +67,8 @@ class Panel:
     log_x: bool = False
     log_y: bool = False
     x_ticks: Sequence[float] = field(default_factory=tuple)
+    dodge: bool = False
+    y_from_zero: bool = False
 
 
 def _color(series: Series, index: int) -> str:
@@ -72,8 +81,23 @@ def _plain_number(value: float, _position: int) -> str:
     return f"{value:g}"
 
 
+def _dodged(xs: Sequence[float], shift: float, log_x: bool, span: float) -> list[float]:
+    """x values moved by `shift` steps of `DODGE` (a factor on a log axis, a share of `span` else)."""
+    if log_x:
+        return [x * 10 ** (DODGE * shift) for x in xs]
+    return [x + DODGE * shift * span for x in xs]
+
+
 def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
     """Draw the panels side by side (wrapping after three) and write a PNG at `path`."""
+    figure = draw_panels(panels, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def draw_panels(panels: Sequence[Panel], title: str = "") -> Figure:
+    """The figure of `plot_panels`: the panels side by side, wrapping after three."""
     if not panels:
         raise ValueError("no panels to plot")
     columns = min(3, len(panels))
@@ -82,6 +106,10 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
     grid = figure.subplots(rows, columns, squeeze=False)
     for index, panel in enumerate(panels):
         axes = grid[index // columns][index % columns]
+        lines = [series for series in panel.series if not series.guide]
+        slot = {id(series): place - (len(lines) - 1) / 2 for place, series in enumerate(lines)}
+        every_x = [x for series in lines for x, _ in series.points]
+        span = max(every_x) - min(every_x) if every_x else 0.0
         for number, series in enumerate(panel.series):
             points = sorted(
                 (x, y)
@@ -94,9 +122,18 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
             if series.guide:
                 axes.plot(xs, ys, ":", color="gray", linewidth=1.2, label=series.label)
                 continue
-            style = "-" if len(points) > 1 else ""
-            marker = MARKERS[number % len(MARKERS)]
-            axes.plot(xs, ys, style, marker=marker, color=_color(series, number), label=series.label)
+            if panel.dodge:
+                xs = tuple(_dodged(xs, slot[id(series)], panel.log_x, span))
+            style = LINE_STYLES[number % len(LINE_STYLES)] if len(points) > 1 else ""
+            axes.plot(
+                xs,
+                ys,
+                style,
+                marker=MARKERS[number % len(MARKERS)],
+                markerfacecolor="none",
+                color=_color(series, number),
+                label=series.label,
+            )
         for number, (label, value) in enumerate(panel.references):
             axes.axhline(value, linestyle="--", color="black", alpha=0.6 - 0.15 * (number % 3), label=label)
         if panel.log_x:
@@ -107,6 +144,8 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
             axes.xaxis.set_minor_formatter(NullFormatter())
         if panel.log_y and axes.has_data():
             axes.set_yscale("log")
+        if panel.y_from_zero:
+            axes.set_ylim(bottom=0)
         axes.set_title(panel.title, fontsize=10)
         axes.set_xlabel(panel.xlabel)
         axes.set_ylabel(panel.ylabel)
@@ -117,6 +156,4 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
         grid[index // columns][index % columns].set_visible(False)
     if title:
         figure.suptitle(title, fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return figure

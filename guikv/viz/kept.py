@@ -9,15 +9,18 @@ original size whatever resize the model saw.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from guikv.layout import Span
@@ -25,10 +28,13 @@ from guikv.layout import Span
 DPI = 100
 PANEL_WIDTH = 4.0
 """Width of one screenshot panel, in inches."""
-HEADER = 0.9
+HEADER = 1.1
 FOOTER = 0.75
 """Inches above the panels (titles) and below them (colour bar)."""
 CMAP = "plasma"
+MIN_FONT_SIZE = 7.0
+"""The smallest a title's font shrinks to fit its width; below it, the longest line is cut in the
+middle (`…`), so a long file name keeps its start and its extension."""
 
 
 def kept_share(prompt_tokens: int, kept_positions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -78,24 +84,57 @@ def kept_figure(
     kept it (untinted: dropped everywhere)."""
     width, height = figure_size([image.size for image in images])
     figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
     bottom, top = FOOTER / height, 1 - HEADER / height
     axes = figure.subplots(1, len(images), squeeze=False)[0]
     figure.subplots_adjust(left=0.01, right=0.99, bottom=bottom, top=top, wspace=0.04)
     cmap = colormaps[CMAP]
-    for ax, image, grid, label in zip(axes, images, shares, labels, strict=True):
+    for ax, image, grid in zip(axes, images, shares, strict=True):
         gray = np.asarray(image.convert("L"), dtype=np.float32) / 255
         ax.imshow(0.45 * gray, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
         overlay = cmap(grid)
         overlay[..., 3] = np.where(grid > 0, 0.2 + 0.5 * grid, 0.0)
         ax.imshow(overlay, extent=(0, image.width, image.height, 0), interpolation="nearest")
-        ax.set_title(label, fontsize=9)
         ax.set_axis_off()
-    figure.suptitle(title, fontsize=11, y=1 - 0.15 / height, va="top")
+    renderer = figure.canvas.get_renderer()
+    for ax, label in zip(axes, labels, strict=True):
+        fit_width(ax.set_title(label, fontsize=9), ax.get_window_extent(renderer).width, renderer)
+    heading = figure.suptitle(title, fontsize=11, y=1 - 0.15 / height, va="top")
+    fit_width(heading, 0.98 * width * DPI, renderer)
     bar_axes = figure.add_axes((0.3, 0.45 / height, 0.4, 0.1 / height))
     bar = figure.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=bar_axes, orientation="horizontal")
     bar.set_label("share of layers × KV heads that kept the patch", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return figure
+
+
+def fit_width(text: Text, width: float, renderer: Any) -> None:
+    """Make `text` at most `width` pixels wide: a smaller font first (down to `MIN_FONT_SIZE`), then
+    its longest line cut in the middle."""
+    while text.get_window_extent(renderer).width > width and text.get_fontsize() > MIN_FONT_SIZE:
+        text.set_fontsize(max(MIN_FONT_SIZE, text.get_fontsize() - 0.5))
+    while text.get_window_extent(renderer).width > width:
+        lines = text.get_text().split("\n")
+        longest = max(range(len(lines)), key=lambda index: len(lines[index]))
+        line = lines[longest].replace("…", "")
+        if len(line) < 4:
+            return
+        middle = len(line) // 2
+        lines[longest] = f"{line[: middle - 1]}…{line[middle + 1 :]}"
+        text.set_text("\n".join(lines))
+
+
+def kept_title(
+    method: str, budget: float, knobs: Mapping[str, Any], share: torch.Tensor, image_share: torch.Tensor
+) -> str:
+    """The picture's title: method, budget and the other knobs set, then the share of the prompt's
+    tokens (`share`, one value per position) and of its image tokens kept."""
+    settings = "".join(f" · {name}={value}" for name, value in knobs.items())
+    return (
+        f"{method} · budget {budget:g}%{settings}\n"
+        f"kept {100 * float(share.mean()):.1f}% of {share.numel():,} prompt tokens, "
+        f"{100 * float(image_share.mean()):.1f}% of {image_share.numel():,} image tokens"
+    )
 
 
 def save_kept_picture(
@@ -109,20 +148,20 @@ def save_kept_picture(
     kept_positions: Sequence[torch.Tensor],
     method: str,
     budget: float,
+    knobs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the kept-patch picture of one step to `path` (PNG) and return the path.
 
     Each panel's label gets the share of that screenshot's tokens kept; the title names the
-    method, the budget and the share of the prompt and of the image tokens kept.
+    method, the budget, the other `knobs` set (e.g. `changed_knobs` of the config: what a reader
+    needs to know the picture is not of the defaults) and the share of the prompt and of the image
+    tokens kept. Titles too wide for their panel or the picture shrink, then are cut (`fit_width`).
     """
     share = kept_share(prompt_tokens, kept_positions)
     grids = patch_shares(share, image_spans, image_grids)
     per_image = [share[start:end] for start, end in image_spans]
     image_share = torch.cat(per_image) if per_image else share[:0]
-    title = (
-        f"{method} · budget {budget:g}% · kept {100 * float(share.mean()):.1f}% of {prompt_tokens:,} prompt "
-        f"tokens, {100 * float(image_share.mean()):.1f}% of {image_share.numel():,} image tokens"
-    )
+    title = kept_title(method, budget, knobs or {}, share, image_share)
     panel_labels = [
         f"{label}\n{100 * float(tokens.mean()):.1f}% of {tokens.numel():,} tokens kept"
         for label, tokens in zip(labels, per_image, strict=True)
