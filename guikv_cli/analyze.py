@@ -20,7 +20,7 @@ from rich.table import Table
 from benchmarks.flags import quiet_transformers
 from guikv.errors import UserInputError
 from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL
-from guikv_cli.report import compact_table, write_html
+from guikv_cli.report import compact_table, print_tables, write_html
 from guikv_cli.screenshots import check_screenshots, resolve_family
 
 DEFAULT_OUTPUT = Path("guikv-analysis")
@@ -286,8 +286,7 @@ def analyze_attention(
     figures = write_sparsity_figures(report, output)
     tables = [layer_table(report), kind_table(report)]
     lines = [composition_line(report), report["summary"]["verdict"]]
-    for table in tables:
-        console.print(table)
+    print_tables(console, tables)
     for line in lines:
         console.print(line, highlight=False)
     if html_path is not None:
