@@ -43,3 +43,15 @@ def test_knob_mistakes_are_one_line(pairs: list[str], own_flags: dict[str, str] 
 def test_a_knob_value_the_config_refuses_names_set() -> None:
     with pytest.raises(UserInputError, match=r"--set subspace='lu' is invalid"):
         config_with_knobs(knob_settings(["subspace=lu"]), method="gui_kv")
+
+
+def test_a_mistyped_method_or_choice_gets_the_closest_name() -> None:
+    with pytest.raises(
+        UserInputError,
+        match=r"--method 'gui-kv' is invalid: expected one of .*random \(did you mean 'gui_kv'\?\)",
+    ):
+        config_with_knobs({}, method="gui-kv")
+    with pytest.raises(
+        UserInputError, match=r"--set subspace='svdd' is invalid: .* \(did you mean 'svd'\?\)"
+    ):
+        config_with_knobs(knob_settings(["subspace=svdd"]), method="gui_kv")
