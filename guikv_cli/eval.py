@@ -316,7 +316,7 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
         del compression["method"]  # an oracle run's own config.yaml, passed back as --config
     configs = tuple(dict.fromkeys(config_with_knobs(knobs, **compression, budget=b) for b in budgets))
     if oracle:
-        configs = (CompressionConfig(method="full"),)  # the settings are checked; it runs once, at 100
+        configs = configs[:1]  # the oracle compresses nothing: one run, whatever the budgets
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -461,15 +461,16 @@ def run_settings(
     """Every setting of one run, in the order config.yaml shows them; their hash names the directory.
     The oracle compresses nothing: its method is `oracle` and its budget 100 (its knobs are the
     defaults, whatever the flags say, so they never make a second oracle run directory)."""
-    compression = config.to_dict()
+    oracle = agent.model_id == ORACLE
+    compression = (CompressionConfig() if oracle else config).to_dict()
     method, budget = compression.pop("method"), float(compression.pop("budget"))
+    if oracle:
+        method, budget = ORACLE, FULL_BUDGET
     knobs = {
         "alpha": float(compression.pop("alpha")),
         "temperature": float(compression.pop("temperature")),
         "window_size": compression.pop("window_size"),
     }
-    if agent.model_id == ORACLE:
-        method, budget = ORACLE, FULL_BUDGET
     return {
         "benchmark": spec.name,
         "split": request.split or spec.default_split,

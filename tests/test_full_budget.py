@@ -58,6 +58,10 @@ def test_the_oracle_is_filed_and_labelled_oracle(
     assert run.startswith("screenspot-v2/oracle/oracle-b100-")
     assert summary["method"] == "oracle" and summary["budget"] == 100.0
     assert "gui_kv" not in result.out and "oracle" in result.out
+    config = tmp_path / "runs" / run / "config.yaml"
+    again = run_cli(["eval", "--config", str(config)], monkeypatch, capsys)  # a run's config reproduces it
+    assert again.code == 0, again.err
+    assert list(summaries(tmp_path / "runs")) == [run]
 
 
 def test_compare_shows_full_and_the_oracle_at_100_even_from_older_runs(tmp_path: Path):
