@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (the main job on the built-in tiny model) and `make test`.
-# Both create .venv and install guikv on first use. TORCH picks the torch build: the pinned pair
-# below runs on CPU and CUDA alike; override it for another platform, e.g. TORCH="torch torchvision".
+# Both create .venv and install guikv on first use: the default TORCH pair is torch's CUDA build,
+# which runs on CPU and CUDA alike and downloads ~6 GB with its CUDA libraries (once). Override it
+# for another platform, e.g. TORCH="torch torchvision".
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,14 +28,18 @@ BIN_VLLM := $(VENV_VLLM)/bin
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "First run: creating $(VENV) and installing guikv with $(TORCH) (the default pair is torch's CUDA build, a ~6 GB download with its CUDA libraries; once)."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# One agent step on 3 real screenshots with the random tiny model: 32 generated tokens are enough to
+# measure decoding (its text is meaningless whatever the length).
 demo: install
-	$(BIN)/guikv infer examples/screens/*.png --task "Open the display settings" --model tiny --show-kept kept.png
+	$(BIN)/guikv infer examples/screens/*.png --task "Open the display settings" --model tiny \
+		--max-new-tokens 32 --show-kept kept.png
 
 lint: install
 	$(BIN)/ruff check .

@@ -36,6 +36,7 @@ from benchmarks.common import (
     require_dir,
     submitted,
 )
+from benchmarks.stats import mean_and_stderr
 from guikv.agents.action import Action, ActionType
 
 COORD_TYPES = ("click", "doubleclick", "rightclick", "tripleclick", "moveto", "dragto")
@@ -478,24 +479,28 @@ def score(sample: AgentNetStep, prediction: Prediction) -> dict[str, Any]:
 def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Aggregate per-step score fields: `overall_score` (mean step score, the benchmark's step accuracy),
     `average_trajectory_score`, `milestone_score`, per-GT-type means, alternative matches, and our
-    added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`. `skipped` (the
-    ids of steps without a screenshot) does not enter the metrics: the runner reports those steps."""
+    added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`; each of those
+    with its standard error (`benchmarks.stats`: over steps, and over trajectory means for the
+    trajectory score). `skipped` (the ids of steps without a screenshot) does not enter the
+    metrics: the runner reports those steps."""
     by_trajectory: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
     for record in records:
         by_trajectory[record["task_id"]].append(record["score"])
         by_type[record["gt_type"]].append(record["score"])
     milestones = [r["score"] for r in records if r["milestone"]]
-    coordinate = [r["hit"] for r in records if r["coordinate_step"]]
-    directions = [r["scroll_direction_correct"] for r in records if r["scroll_direction_correct"] is not None]
+    coordinate = [float(r["hit"]) for r in records if r["coordinate_step"]]
+    directions = [
+        float(r["scroll_direction_correct"]) for r in records if r["scroll_direction_correct"] is not None
+    ]
     alternatives = sum(1 for r in records if r["used_alternative"])
     return {
-        "overall_score": mean(r["score"] for r in records),
-        "average_trajectory_score": mean(sum(v) / len(v) for v in by_trajectory.values()),
-        "milestone_score": mean(milestones),
-        "hit_rate": mean(float(r["hit"]) for r in records),
-        "coordinate_hit_rate": mean(float(h) for h in coordinate),
-        "scroll_direction_accuracy": mean(float(d) for d in directions),
+        **mean_and_stderr("overall_score", (r["score"] for r in records)),
+        **mean_and_stderr("average_trajectory_score", (sum(v) / len(v) for v in by_trajectory.values())),
+        **mean_and_stderr("milestone_score", milestones),
+        **mean_and_stderr("hit_rate", (float(r["hit"]) for r in records)),
+        **mean_and_stderr("coordinate_hit_rate", coordinate),
+        **mean_and_stderr("scroll_direction_accuracy", directions),
         "total_steps": len(records),
         "total_trajectories": len(by_trajectory),
         "milestone_steps": len(milestones),

@@ -30,10 +30,10 @@ from benchmarks.common import (
     image_size,
     json_list,
     point_in_xyxy,
-    rate,
     read_json,
     require_dir,
 )
+from benchmarks.stats import mean_and_stderr
 from guikv.agents.action import Action, ActionType
 from guikv.errors import UserInputError
 
@@ -373,24 +373,21 @@ def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dic
     truths, the same two with one trailing newline of typed text ignored
     (`step_accuracy_ignoring_newline`, `grounding_accuracy_ignoring_newline`), and accuracy per
     ground-truth type. A record written before the lenient field existed counts by its exact rule
-    there (re-score the run to fill it in). `skipped` (ids of steps without a screenshot) does not
-    enter the metrics: the runner reports those steps."""
-    correct = sum(1 for r in records if r["correct"])
-    lenient = sum(1 for r in records if _lenient(r))
+    there (re-score the run to fill it in). Each accuracy comes with its standard error
+    (`benchmarks.stats`). `skipped` (ids of steps without a screenshot) does not enter the metrics:
+    the runner reports those steps."""
     grounding = [r for r in records if r["grounding"]]
-    grounding_correct = sum(1 for r in grounding if r["correct"])
-    grounding_lenient = sum(1 for r in grounding if _lenient(r))
     per_type: dict[str, Tally] = {}
     for record in records:
         per_type.setdefault(record["gt_type"], Tally()).add(bool(record["correct"]))
     return {
-        "step_accuracy": rate(correct, len(records)),
-        "grounding_accuracy": rate(grounding_correct, len(grounding)),
-        "step_accuracy_ignoring_newline": rate(lenient, len(records)),
-        "grounding_accuracy_ignoring_newline": rate(grounding_lenient, len(grounding)),
-        "correct_steps": correct,
+        **mean_and_stderr("step_accuracy", (float(r["correct"]) for r in records)),
+        **mean_and_stderr("grounding_accuracy", (float(r["correct"]) for r in grounding)),
+        **mean_and_stderr("step_accuracy_ignoring_newline", (float(_lenient(r)) for r in records)),
+        **mean_and_stderr("grounding_accuracy_ignoring_newline", (float(_lenient(r)) for r in grounding)),
+        "correct_steps": sum(1 for r in records if r["correct"]),
         "total_steps": len(records),
-        "correct_grounding_steps": grounding_correct,
+        "correct_grounding_steps": sum(1 for r in grounding if r["correct"]),
         "grounding_steps": len(grounding),
         "unparsed_steps": sum(1 for r in records if not r["parsed"]),
         "type_accuracy": {name: per_type[name].as_dict() for name in sorted(per_type)},

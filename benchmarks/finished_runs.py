@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, count_records
 from benchmarks.runner import ORACLE
+from benchmarks.stats import stderr_key
 from guikv.config import FULL_BUDGET, METHODS
 from guikv.errors import UserInputError
 
@@ -245,10 +246,14 @@ def _run_entry(run: EvalRun, columns: Sequence[str]) -> dict[str, Any]:
         **{key: run.summary[key] for key in ("model", "family")},
         "method": run.method,
         "budget": run.budget,
-        "metrics": {column: run.summary["metrics"].get(column) for column in columns},
+        "metrics": _with_errors(run.summary["metrics"], columns),
         "savings": run.summary["savings"],
         **{key: run.summary[key] for key in ("samples_scored", "samples_skipped", "samples_failed")},
-        "metrics_failures_as_wrong": (
-            None if wrong is None else {column: wrong.get(column) for column in columns}
-        ),
+        "metrics_failures_as_wrong": (None if wrong is None else _with_errors(wrong, columns)),
     }
+
+
+def _with_errors(metrics: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """The metric columns of a summary, each followed by its standard error (null when the summary
+    predates them)."""
+    return {key: metrics.get(key) for column in columns for key in (column, stderr_key(column))}

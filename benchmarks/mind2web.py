@@ -35,6 +35,7 @@ from benchmarks.common import (
     read_jsonl,
     require_dir,
 )
+from benchmarks.stats import mean_and_stderr, stderr_key, stratified_stderr
 from guikv.agents.action import Action, ActionType
 
 SPLITS = ("cross_domain", "cross_task", "cross_website")
@@ -343,11 +344,17 @@ def skipped_tasks(skipped: Sequence[str]) -> dict[str, Counter[str]]:
     return tasks
 
 
+def _task_means(series: dict[str, list[float]]) -> list[float]:
+    """Each task's mean score: the scores the macro averages (and their standard errors) are over."""
+    return [sum(values) / len(values) for values in series.values() if values]
+
+
 def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict[str, Any]:
     """Macro (per task, then over tasks) and micro averages of one split, with each task padded with
     zeros up to its `total_steps` (steps skipped for missing screenshots count as wrong). A task none
     of whose steps was scored (every one skipped, `skipped` gives how many) counts too, all its steps
-    wrong; it is also reported on its own, with the macro averages over the other tasks beside."""
+    wrong; it is also reported on its own, with the macro averages over the other tasks beside. The
+    macro averages come with their standard errors over the task means (`benchmarks.stats`)."""
     element: dict[str, list[float]] = defaultdict(list)
     f1: dict[str, list[float]] = defaultdict(list)
     step: dict[str, list[float]] = defaultdict(list)
@@ -372,9 +379,9 @@ def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict
         wrong = sum(1 for v in values if v == 0.0)
         errors[str(wrong) if wrong <= 3 else ">3"] += 1
     return {
-        "element_accuracy": macro_mean(element),
-        "operation_f1": macro_mean(f1),
-        "step_accuracy": macro_mean(step),
+        **mean_and_stderr("element_accuracy", _task_means(element)),
+        **mean_and_stderr("operation_f1", _task_means(f1)),
+        **mean_and_stderr("step_accuracy", _task_means(step)),
         "micro_element_accuracy": mean(v for vs in element.values() for v in vs),
         "micro_operation_f1": mean(v for vs in f1.values() for v in vs),
         "micro_step_accuracy": mean(v for vs in step.values() for v in vs),
@@ -392,7 +399,8 @@ def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict
 
 def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Per split macro element accuracy, operation F1 and step accuracy (each split on its own, B8),
-    and the overall numbers as the unweighted mean over the splits present. `skipped` holds the ids
+    and the overall numbers as the unweighted mean over the splits present, each with its standard
+    error (the splits combined as independent strata, `benchmarks.stats`). `skipped` holds the ids
     of samples skipped for a missing `0.png`: a task with every step skipped counts as all wrong,
     like a task with some steps skipped, and `wholly_skipped_tasks` / `without_wholly_skipped_tasks`
     say how many there were and what the averages are without them."""
@@ -402,7 +410,11 @@ def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dic
         for name in SPLITS
         if any(r["split"] == name for r in records) or absent.get(name)
     }
-    overall = {key: mean(s[key] for s in splits.values() if s[key] is not None) for key in METRICS}
+    overall: dict[str, float | None] = {}
+    for key in METRICS:
+        present = [s for s in splits.values() if s[key] is not None]
+        overall[key] = mean(s[key] for s in present)
+        overall[stderr_key(key)] = stratified_stderr(s[stderr_key(key)] for s in present)
     without = {
         key: mean(
             s["without_wholly_skipped_tasks"][key]

@@ -52,7 +52,7 @@ from benchmarks.rundir import (
 from benchmarks.scoring import ScoringInput, parse_output, score_output
 from guikv import __version__
 from guikv.agents import Action, AgentFamily, Message
-from guikv.agents.prompting import HistoryEntry
+from guikv.agents.prompting import HistoryEntry, messages_json
 from guikv.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -89,9 +89,12 @@ RECORD_FIELDS: tuple[str, ...] = (
     "error",
     "history_screenshots",
     "scroll_outputs",
+    "prompts",
 )
-"""The fields a trace record has before its score fields (the last two for AgentNetBench and
-Mind2Web only); after the score fields comes `scoring_input`."""
+"""The fields a trace record has before its score fields (`history_screenshots` for AgentNetBench
+and `scroll_outputs` for Mind2Web only); after the score fields comes `scoring_input`. `prompts`
+holds what the model was asked, one conversation per model call (`messages_json`: texts as
+written, screenshots as file paths), so a wrong answer can be audited."""
 
 SCORING_INPUT = "scoring_input"
 """The record field holding `ScoringInput.to_json()`: what `--rescore` scores the raw output against."""
@@ -281,9 +284,10 @@ class RunEvents:
 
 @dataclass
 class _Turn:
-    """One model call of a sample: its text, every action parsed from it (in order), costs and the
-    error if it failed."""
+    """One model call of a sample: the prompt it was asked, its text, every action parsed from it
+    (in order), costs and the error if it failed."""
 
+    prompt: list[Message]
     text: str
     actions: list[Action]
     costs: dict[str, float]
@@ -390,8 +394,9 @@ class _Player:
                 f"{sample.sample_id}: generation failed ({message}); recorded as failed, "
                 "retried by the next run"
             )
-            return _Turn("", [Action.unparsed("")], zero_costs(), message)
-        return _Turn(answer.text, parse_output(self.family, answer.text, call.image_size), answer.costs)
+            return _Turn(call.messages, "", [Action.unparsed("")], zero_costs(), message)
+        actions = parse_output(self.family, answer.text, call.image_size)
+        return _Turn(call.messages, answer.text, actions, answer.costs)
 
     def _record(self, sample: Any, turns: list[_Turn], scoring: ScoringInput, extra: Record) -> Record:
         """The trace record of a finished sample: its final output scored through `score_output`."""
@@ -407,6 +412,7 @@ class _Player:
             "ground_truth": ground_truth_record(self.spec.name, sample),
             "error": next((turn.error for turn in turns if turn.error), None),
             **extra,
+            "prompts": [messages_json(turn.prompt) for turn in turns],
         }
         return assemble_record(fields, scores, scoring.to_json())
 

@@ -27,10 +27,10 @@ from benchmarks.common import (
     image_size,
     json_list,
     point_in_xyxy,
-    rate,
     read_json,
     require_dir,
 )
+from benchmarks.stats import mean_and_stderr
 from guikv.agents.action import Action, ActionType
 
 UI_TYPES = ("text", "icon")
@@ -145,14 +145,15 @@ def score(sample: ScreenSpotProSample, prediction: Prediction) -> dict[str, Any]
 
 def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Sample-weighted `action_acc`, `text_acc`, `icon_acc`, the wrong-format count, and accuracy by
-    group (leaderboard simple), application (leaderboard detailed), platform and UI type. `skipped`
-    (ids of samples without a screenshot) does not enter the metrics: the runner reports them."""
+    group (leaderboard simple), application (leaderboard detailed), platform and UI type; the three
+    accuracies with their standard errors (`benchmarks.stats`). `skipped` (ids of samples without a
+    screenshot) does not enter the metrics: the runner reports them."""
     text = [r for r in records if r["ui_type"] == "text"]
     icon = [r for r in records if r["ui_type"] == "icon"]
     return {
-        "action_acc": rate(sum(1 for r in records if r["correct"]), len(records)),
-        "text_acc": rate(sum(1 for r in text if r["correct"]), len(text)),
-        "icon_acc": rate(sum(1 for r in icon if r["correct"]), len(icon)),
+        **mean_and_stderr("action_acc", (float(r["correct"]) for r in records)),
+        **mean_and_stderr("text_acc", (float(r["correct"]) for r in text)),
+        **mean_and_stderr("icon_acc", (float(r["correct"]) for r in icon)),
         "num_total": len(records),
         "wrong_format_num": sum(1 for r in records if r["correctness"] == "wrong_format"),
         "by_group": breakdown(records, "group", "correct"),

@@ -20,7 +20,6 @@ from benchmarks.common import (
     LoadResult,
     Prediction,
     SkippedSample,
-    Tally,
     as_actions,
     check_limit,
     check_split,
@@ -28,10 +27,10 @@ from benchmarks.common import (
     json_list,
     mean,
     point_in_xyxy,
-    rate,
     read_json,
     require_dir,
 )
+from benchmarks.stats import mean_and_stderr, stderr_key, stratified_stderr
 from guikv.agents.action import Action, ActionType
 
 TASKS = ("mobile", "desktop", "web")
@@ -120,30 +119,43 @@ def score(sample: ScreenSpotSample, prediction: Prediction) -> dict[str, Any]:
     }
 
 
+def _mean_over_tasks(breakdown: dict[str, dict[str, Any]], metric: str) -> tuple[float | None, float | None]:
+    """The mean over tasks of a per-task accuracy (tasks without such samples left out) and its
+    standard error, the tasks taken as independent strata."""
+    present = [values for values in breakdown.values() if values[metric] is not None]
+    return (
+        mean(values[metric] for values in present),
+        stratified_stderr(values[stderr_key(metric)] for values in present),
+    )
+
+
 def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Per task text/icon/action accuracy; `overall_mean_of_means` = (mean over tasks of text accuracy
     + mean over tasks of icon accuracy) / 2, the number the original reports as overall accuracy;
-    `overall_micro` = correct / total over every sample. `skipped` (ids of samples without a
-    screenshot) does not enter the metrics: the runner reports them."""
+    `overall_micro` = correct / total over every sample. Each accuracy comes with its standard
+    error (`benchmarks.stats`): over samples within a task, and combined over the tasks and the
+    text/icon halves as independent strata for the means of means. `skipped` (ids of samples
+    without a screenshot) does not enter the metrics: the runner reports them."""
     breakdown: dict[str, dict[str, Any]] = {}
     for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
         rows = [r for r in records if r["task"] == task]
-        by_type = {kind: Tally() for kind in DATA_TYPES}
-        for row in rows:
-            by_type[row["data_type"]].add(bool(row["correct"]))
+        by_type = {kind: [float(r["correct"]) for r in rows if r["data_type"] == kind] for kind in DATA_TYPES}
         breakdown[task] = {
-            "text_accuracy": rate(by_type["text"].correct, by_type["text"].total),
-            "icon_accuracy": rate(by_type["icon"].correct, by_type["icon"].total),
-            "action_accuracy": rate(sum(1 for r in rows if r["correct"]), len(rows)),
+            **mean_and_stderr("text_accuracy", by_type["text"]),
+            **mean_and_stderr("icon_accuracy", by_type["icon"]),
+            **mean_and_stderr("action_accuracy", (float(r["correct"]) for r in rows)),
             "num_samples": len(rows),
         }
-    text = mean(v["text_accuracy"] for v in breakdown.values() if v["text_accuracy"] is not None)
-    icon = mean(v["icon_accuracy"] for v in breakdown.values() if v["icon_accuracy"] is not None)
+    halves = {kind: _mean_over_tasks(breakdown, f"{kind}_accuracy") for kind in DATA_TYPES}
+    present = [half for half in halves.values() if half[0] is not None]
     return {
-        "overall_mean_of_means": mean(v for v in (text, icon) if v is not None),
-        "overall_micro": rate(sum(1 for r in records if r["correct"]), len(records)),
-        "text_accuracy": text,
-        "icon_accuracy": icon,
+        "overall_mean_of_means": mean(value for value, _ in present),
+        stderr_key("overall_mean_of_means"): stratified_stderr(error for _, error in present),
+        **mean_and_stderr("overall_micro", (float(r["correct"]) for r in records)),
+        "text_accuracy": halves["text"][0],
+        stderr_key("text_accuracy"): halves["text"][1],
+        "icon_accuracy": halves["icon"][0],
+        stderr_key("icon_accuracy"): halves["icon"][1],
         "total_samples": len(records),
         "wrong_format_samples": sum(1 for r in records if r["wrong_format"]),
         "task_breakdown": breakdown,

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from guikv.errors import did_you_mean
+
 METHODS: tuple[str, ...] = (
     "full",
     "snapkv",
@@ -38,6 +40,11 @@ ST_LITE_VARIANTS = ("code", "paper")
 
 def _fail(field: str, value: object, expected: str) -> None:
     raise ValueError(f"CompressionConfig.{field}={value!r} is invalid: expected {expected}")
+
+
+def _fail_choice(field: str, value: object, choices: tuple[str, ...]) -> None:
+    """A field that takes one of `choices` got another value: name them, and the closest one."""
+    _fail(field, value, f"one of {', '.join(choices)}{did_you_mean(str(value), choices)}")
 
 
 def _is_int(value: object) -> bool:
@@ -124,7 +131,7 @@ class CompressionConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            _fail("method", self.method, f"one of {', '.join(METHODS)}")
+            _fail_choice("method", self.method, METHODS)
         if self.method == "full":
             object.__setattr__(self, "budget", FULL_BUDGET)
         if not isinstance(self.budget, int | float) or not 0 < self.budget <= 100:
@@ -134,9 +141,9 @@ class CompressionConfig:
         if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             _fail("kernel_size", self.kernel_size, "an odd integer >= 1")
         if self.pooling not in POOLINGS:
-            _fail("pooling", self.pooling, f"one of {', '.join(POOLINGS)}")
+            _fail_choice("pooling", self.pooling, POOLINGS)
         if self.head_aggregation not in HEAD_AGGREGATIONS:
-            _fail("head_aggregation", self.head_aggregation, f"one of {', '.join(HEAD_AGGREGATIONS)}")
+            _fail_choice("head_aggregation", self.head_aggregation, HEAD_AGGREGATIONS)
         if self.alpha < 0:
             _fail("alpha", self.alpha, "a number >= 0")
         if self.temperature <= 0:
@@ -144,7 +151,7 @@ class CompressionConfig:
         if not isinstance(self.rank, int) or self.rank < 1:
             _fail("rank", self.rank, "an integer >= 1")
         if self.subspace not in SUBSPACES:
-            _fail("subspace", self.subspace, f"one of {', '.join(SUBSPACES)}")
+            _fail_choice("subspace", self.subspace, SUBSPACES)
         if not isinstance(self.pyramid_beta, int) or self.pyramid_beta < 1:
             _fail("pyramid_beta", self.pyramid_beta, "an integer >= 1")
         if not 0 < self.sparsity_threshold < 1:
@@ -158,7 +165,7 @@ class CompressionConfig:
         """ST-Lite's and STaR-KV's knobs (the release's falsy-default quirks are not kept: a 0
         here means 0, where the release silently replaced lambda 0 by 0.5 and decay 0 by 0.9)."""
         if self.st_lite_variant not in ST_LITE_VARIANTS:
-            _fail("st_lite_variant", self.st_lite_variant, f"one of {', '.join(ST_LITE_VARIANTS)}")
+            _fail_choice("st_lite_variant", self.st_lite_variant, ST_LITE_VARIANTS)
         inf = float("inf")
         _check_number(self, "star_kv_prior_lambda", 0, 1)
         _check_int(self, "star_kv_profile_steps", 0)

@@ -9,7 +9,6 @@ PNG figures and optionally a self-contained HTML report. Definitions: docs/analy
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,36 +20,32 @@ from rich.table import Table
 from benchmarks.flags import quiet_transformers
 from guikv.errors import UserInputError
 from guikv_cli.options import ATTN, DEVICE, DTYPE, MODEL
-from guikv_cli.report import compact_table, write_html
+from guikv_cli.report import compact_table, print_tables, write_html
 from guikv_cli.screenshots import check_screenshots, resolve_family
 
 DEFAULT_OUTPUT = Path("guikv-analysis")
-DEFAULT_LIMIT = 8
+DEFAULT_LIMIT = 1
+"""`--limit`: the first record of each benchmark file (one AgentNetBench trajectory, all its steps)."""
 
 
 def load_benchmark_samples(
     name: str, data: Path | None, images: Path | None, split: str | None, limit: int
 ) -> list[Any]:
-    """The first `limit` samples of a benchmark (read before any model is loaded, so data errors
-    come fast); data and image folders default to the benchmark's environment variables, the
-    images then to the data folder."""
+    """The benchmark's samples from the first `limit` records of each data file (AgentNetBench: the
+    first `limit` trajectories), read before any model is loaded so data errors come fast. `--data`,
+    `--images`, `--split` and `--limit` mean what they mean for `guikv eval`."""
     from benchmarks import get_benchmark
+    from benchmarks.locations import data_paths
 
     spec = get_benchmark(name)
-    data_dir = data or (Path(os.environ[spec.data_env]) if os.environ.get(spec.data_env) else None)
-    if data_dir is None:
-        raise UserInputError(f"--benchmark {name} needs --data DIR (or {spec.data_env} set)")
-    images_dir = images or (
-        Path(os.environ[spec.images_env]) if os.environ.get(spec.images_env) else data_dir
-    )
+    data_dir, images_dir = data_paths(spec, data, images)
     loaded = spec.load(data_dir, images_dir, split=split, limit=limit)
-    samples = list(loaded.samples[:limit])
-    if not samples:
+    if not loaded.samples:
         raise UserInputError(
             f"--benchmark {name}: no sample to analyze in {data_dir} "
             f"({len(loaded.skipped)} skipped for missing screenshots under {images_dir})"
         )
-    return samples
+    return list(loaded.samples)
 
 
 def _pct(value: float | None) -> str:
@@ -217,15 +212,19 @@ def analyze_prompts(
 
 
 def analyze_attention(
-    screenshots: list[Path] = typer.Argument(None, help="Screenshots, oldest first; the last is current."),
+    screenshots: list[Path] = typer.Argument(
+        None, metavar="SCREENSHOT", help="Screenshots, oldest first; the last is current."
+    ),
     task: str | None = typer.Option(None, "--task", help="The task text (with SCREENSHOT...)."),
     benchmark: str | None = typer.Option(None, "--benchmark", help="Analyze benchmark prompts instead."),
-    data: Path | None = typer.Option(None, "--data", help="Benchmark data folder (default: its env var)."),
-    images: Path | None = typer.Option(
-        None, "--images", help="Benchmark screenshots (default: env var or --data)."
-    ),
+    data: Path | None = typer.Option(None, "--data", help="Benchmark data directory (else its env var)."),
+    images: Path | None = typer.Option(None, "--images", help="Screenshot directory (else its env var)."),
     split: str | None = typer.Option(None, "--split", help="Benchmark split (default: the benchmark's)."),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="Benchmark samples to analyze."),
+    limit: int = typer.Option(
+        DEFAULT_LIMIT,
+        "--limit",
+        help="First N records of each benchmark file (AgentNetBench: trajectories), as for eval.",
+    ),
     model: str = MODEL,
     family: str | None = typer.Option(None, "--family", help="Agent family (default: from the model)."),
     device: str = DEVICE,
@@ -287,8 +286,7 @@ def analyze_attention(
     figures = write_sparsity_figures(report, output)
     tables = [layer_table(report), kind_table(report)]
     lines = [composition_line(report), report["summary"]["verdict"]]
-    for table in tables:
-        console.print(table)
+    print_tables(console, tables)
     for line in lines:
         console.print(line, highlight=False)
     if html_path is not None:

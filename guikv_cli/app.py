@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from guikv import __version__
 from guikv.errors import UserInputError
+from guikv_cli.help import PlainHelpCommand, PlainHelpGroup
 from guikv_cli.interrupt import INTERRUPTED_EXIT_CODE, Interrupted, interruptible, saved_work
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 app = typer.Typer(
     name="guikv",
+    cls=PlainHelpGroup,
     help="GUI-KV: KV-cache compression for GUI agents (UI-TARS, OpenCUA and other Qwen-VL agents).",
     invoke_without_command=True,
     add_completion=False,
@@ -58,6 +60,7 @@ for _module in COMMAND_MODULES:
     import_module(_module).register(app)
 for _command in app.registered_commands:
     _command.callback = interruptible(_command.callback)
+    _command.cls = PlainHelpCommand
 
 
 def main() -> None:

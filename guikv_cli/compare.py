@@ -22,11 +22,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from benchmarks.flags import parse_percentages
 from guikv.config import METHODS
 from guikv.errors import UserInputError
 from guikv_cli.compare_live import compare_step
 from guikv_cli.compare_rundirs import compare_runs
-from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, TEMPERATURE, WINDOW
+from guikv_cli.knobs import knob_settings
+from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, SET, TEMPERATURE, WINDOW
 from guikv_cli.screenshots import check_screenshots
 
 DEFAULT_METHODS = "full,snapkv,pyramidkv,vlcache,gui_kv,st_lite,star_kv"
@@ -48,34 +50,25 @@ def parse_methods(text: str) -> list[str]:
 
 
 def parse_budgets(text: str) -> list[float]:
-    """Comma-separated budgets in percent, each in (0, 100], de-duplicated and sorted."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise UserInputError(
-            "--budgets is empty: expected comma-separated percentages in (0, 100], e.g. 1,5,10"
-        )
-    budgets = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            raise UserInputError(f"--budgets: {item!r} is not a number") from None
-        if not 0 < value <= 100:
-            raise UserInputError(
-                f"--budgets: {item} is outside (0, 100]: a budget is a percentage of the prompt"
-            )
-        budgets.append(value)
-    return sorted(set(budgets))
+    """Comma-separated budgets in percent, each in (0, 100] (read as `eval --budgets` reads them),
+    de-duplicated and sorted."""
+    return sorted(parse_percentages(text, "--budgets"))
 
 
 def compare(
     targets: list[Path] = typer.Argument(..., help="Eval run folders (or parents of them), or screenshots."),
     task: str | None = typer.Option(None, "--task", help="Screenshot form: the task text."),
     methods: str | None = typer.Option(
-        None, "--methods", help=f"Screenshot form: methods (default {DEFAULT_METHODS})."
+        None,
+        "--methods",
+        metavar="LIST",
+        help=f"Screenshot form: methods, comma-separated (default {DEFAULT_METHODS}).",
     ),
     budgets: str | None = typer.Option(
-        None, "--budgets", help=f"Screenshot form: budgets in % (default {DEFAULT_BUDGETS})."
+        None,
+        "--budgets",
+        metavar="LIST",
+        help=f"Screenshot form: budgets in %, comma-separated (default {DEFAULT_BUDGETS}).",
     ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Screenshot form: tokens to generate."),
     model: str = MODEL,
@@ -91,6 +84,7 @@ def compare(
     ),
     output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Folder for compare.json and figures."),
     html_path: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report."),
+    settings: list[str] | None = SET,
 ) -> None:
     """Compare methods x budgets: finished eval runs, or one input run under every pair."""
     console = Console()
@@ -107,7 +101,12 @@ def compare(
     if folders:
         given = [
             flag
-            for flag, value in (("--task", task), ("--methods", methods), ("--budgets", budgets))
+            for flag, value in (
+                ("--task", task),
+                ("--methods", methods),
+                ("--budgets", budgets),
+                ("--set", settings),
+            )
             if value
         ]
         if given:
@@ -118,6 +117,7 @@ def compare(
         raise UserInputError("--metric belongs to the eval run form, not to screenshots")
     if not (task and task.strip()):
         raise UserInputError("SCREENSHOT... needs --task TEXT (or pass eval run folders instead)")
+    knobs = knob_settings(settings or [], own_flags={"method": "--methods", "budget": "--budgets"})
     method_names = parse_methods(DEFAULT_METHODS if methods is None else methods)
     budget_values = parse_budgets(DEFAULT_BUDGETS if budgets is None else budgets)
     if max_new_tokens < 1:
@@ -133,6 +133,7 @@ def compare(
         "alpha": alpha,
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
+        "knobs": knobs,
     }
     compare_step(
         files,

@@ -16,11 +16,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks.flags import quiet_transformers
 from guikv.config import changed_knobs
 from guikv_cli.interrupt import saved_work
+from guikv_cli.knobs import config_with_knobs
 from guikv_cli.progress import PlainProgress, status
-from guikv_cli.report import MIB, compact_table, knobs_text, mib, percent, write_html
+from guikv_cli.report import MIB, compact_table, knobs_text, mib, percent, print_tables, write_html
 from guikv_cli.screenshots import resolve_family
 
 
@@ -228,8 +229,11 @@ def compare_step(
     )
     from guikv.models import load
 
-    base = compression_config(
-        window_size=options["window_size"], alpha=options["alpha"], temperature=options["temperature"]
+    base = config_with_knobs(
+        options["knobs"],
+        window_size=options["window_size"],
+        alpha=options["alpha"],
+        temperature=options["temperature"],
     )
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     with status(errors, f"loading {options['model']}"):
@@ -287,8 +291,7 @@ def compare_step(
             progress.finished()
     rows_shown = [reference, *results]
     tables = [fidelity_table(rows_shown), cost_table(rows_shown)]
-    for table in tables:
-        console.print(table)
+    print_tables(console, tables)
     notes = [
         f"full-cache output: {reference['text']!r} (action: {reference['action']})",
         "oracle recall: the share of the prompt positions the full cache's decode steps attended most "

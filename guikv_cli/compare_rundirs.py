@@ -9,7 +9,6 @@ figures, `compare.json` and an optional HTML report. Reading the runs is
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from rich.table import Table
 from benchmarks.finished_runs import (
     EvalRun,
     UnfinishedRun,
-    as_float,
     find_runs,
     group_runs,
     metric_columns,
@@ -28,28 +26,28 @@ from benchmarks.finished_runs import (
 )
 from guikv.config import changed_knobs
 from guikv.errors import UserInputError
-from guikv_cli.report import MIB, compact_table, knobs_text, mib, write_html
-
-
-def _number(value: float | None, digits: int = 3) -> str:
-    """A metric value with fixed decimals; missing as an em dash."""
-    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+from guikv_cli.report import (
+    MIB,
+    compact_table,
+    knobs_text,
+    metric_cell,
+    metric_header,
+    mib,
+    print_tables,
+    write_html,
+)
 
 
 def _saved(value: float | None) -> str:
-    """A saving in percent; missing (e.g. an oracle run) as an em dash."""
-    return "—" if value is None else f"{value:.1f}%"
-
-
-def _stacked(name: str) -> str:
-    """A metric name as a narrow header: one word per line."""
-    return name.replace("_", "\n")
+    """A saving in percent (the header says %); missing (e.g. an oracle run) as an em dash."""
+    return "—" if value is None else f"{value:.1f}"
 
 
 def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
-    """One benchmark's runs: method, budget, metric columns, savings and kept KV memory; sample
-    counts in the caption when every run has the same, else in a column. A run with failed samples
-    gets a second row, its metrics counting the failed samples as wrong."""
+    """One benchmark's runs, in the units of `guikv eval`'s table: method, budget (%), the metric
+    columns in % ± standard error, savings (%) and kept KV memory; sample counts in the caption
+    when every run has the same, else in a column. A run with failed samples gets a second row,
+    its metrics counting the failed samples as wrong."""
     title = str(runs[0].summary["title"] or benchmark)
     several_models = len({run.summary["model"] for run in runs}) > 1
     keys = [(run.summary["model"], run.method, run.budget) for run in runs]
@@ -57,27 +55,28 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
     columns = metric_columns(runs)
     counts = [_counts(run) for run in runs]
     same_counts = len(set(counts)) == 1
-    lead = [*(["model"] if several_models else []), "method", "budget", *(["run"] if show_run else [])]
+    lead = [*(["model"] if several_models else []), "method", "budget %", *(["run"] if show_run else [])]
     headers = [
         *lead,
-        *(_stacked(column) for column in columns),
-        "KV\nsaved",
-        "decode\nFLOPs\nsaved",
+        *(metric_header(column) for column in columns),
+        "KV\nsaved %",
+        "decode\nFLOPs\nsaved %",
         "KV MiB\nkept",
         *([] if same_counts else ["samples"]),
     ]
     table = compact_table(f"{title} ({benchmark})", headers, left=len(lead) - 1 - show_run)
-    if same_counts:
-        table.caption = f"samples per run: {counts[0]}"
-        table.caption_justify = "left"
+    table.caption = "metrics in % ± standard error" + (
+        f"; samples per run: {counts[0]}" if same_counts else ""
+    )
+    table.caption_justify = "left"
     for run, count in zip(runs, counts, strict=True):
         summary = run.summary
         table.add_row(
             *([str(summary["model"])] if several_models else []),
             run.method,
-            f"{run.budget:g}%",
+            f"{run.budget:g}",
             *([run.path.name] if show_run else []),
-            *(_number(run.metric(column)) for column in columns),
+            *(metric_cell(summary["metrics"], column) for column in columns),
             _saved(run.saving("kv_saved_percent")),
             _saved(run.saving("decode_flops_saved_percent")),
             mib(run.saving("kv_bytes_kept_mean")),
@@ -90,7 +89,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
                 "failed as wrong",
                 "",
                 *([""] if show_run else []),
-                *(_number(as_float(wrong.get(column))) for column in columns),
+                *(metric_cell(wrong, column) for column in columns),
                 style="yellow",
             )
     return table
@@ -114,9 +113,15 @@ def _series_label(run: EvalRun, several_models: bool) -> str:
     return f"{run.summary['model']}: {label}" if several_models else label
 
 
+def _in_percent(run: EvalRun, column: str) -> float | None:
+    """A run's metric in percent, the unit of every accuracy table and figure (None when absent)."""
+    value = run.metric(column)
+    return None if value is None else 100 * value
+
+
 def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | None) -> list[Path]:
-    """Accuracy vs budget and accuracy vs kept KV memory, one panel per benchmark; full-cache and
-    oracle runs are dashed lines on the first, full-cache runs a single point on the second."""
+    """Accuracy (%) vs budget and accuracy vs kept KV memory, one panel per benchmark; full-cache
+    and oracle runs are dashed lines on the first, full-cache runs a single point on the second."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     by_budget, by_memory = [], []
@@ -134,23 +139,31 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
         for label, members in lines.items():
             method = members[0].method
             memory = [
-                (kept / MIB, run.metric(column))
+                (kept / MIB, _in_percent(run, column))
                 for run in members
                 if (kept := run.saving("kv_bytes_kept_mean")) is not None and kept > 0
             ]
             memory_series.append(Series(label, memory, method))
             if members[0].keeps_everything:
                 name = f"{label} cache" if method == "full" else label
-                references.extend((name, v) for run in members if (v := run.metric(column)) is not None)
+                references.extend((name, v) for run in members if (v := _in_percent(run, column)) is not None)
             else:
-                points = [(run.budget, run.metric(column)) for run in members]
+                points = [(run.budget, _in_percent(run, column)) for run in members]
                 budget_series.append(Series(label, points, method))
         budgets = sorted({run.budget for run in runs if not run.keeps_everything})
         by_budget.append(
-            Panel(title, "KV budget (%)", column, budget_series, references, log_x=True, x_ticks=budgets)
+            Panel(
+                title,
+                "KV budget (%)",
+                f"{column} (%)",
+                budget_series,
+                references,
+                log_x=True,
+                x_ticks=budgets,
+            )
         )
         by_memory.append(
-            Panel(title, "KV cache kept (MiB, mean per sample)", column, memory_series, log_x=True)
+            Panel(title, "KV cache kept (MiB, mean per sample)", f"{column} (%)", memory_series, log_x=True)
         )
     if not by_budget:
         return []
@@ -179,8 +192,7 @@ def compare_runs(
     notices = [skipped_line(run) for run in found.unfinished]
     notices += [line for benchmark, runs in groups.items() if (line := mixed_samples_line(benchmark, runs))]
     tables = [runs_table(benchmark, runs) for benchmark, runs in groups.items()]
-    for table in tables:
-        console.print(table)
+    print_tables(console, tables)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     for notice in notices:
         errors.print(notice, style="yellow", markup=False)

@@ -1,15 +1,16 @@
 """`guikv eval`: run a model (or the oracle) on GUI-agent benchmarks under KV-cache compression.
 
-Settings come from the flags, then a `--config` YAML, then the defaults (flags given explicitly
-win). Every (benchmark, budget) pair gets its own run directory (`benchmarks.rundir`), which a
-re-run resumes, retrying the samples that failed. Under `accelerate launch` (or torchrun) the
-samples are sharded over the processes and the main process merges the traces. `--batch-size N`
-runs independent samples in batches (`benchmarks.runner`, `benchmarks.batching`). A rich progress bar
-runs on stderr (plain progress lines when stderr is not a terminal); one results table per benchmark
-is printed at the end, and a warning for every run with failed samples. Ctrl-C says which run holds
-how many samples and that the same command resumes it. `guikv eval --rescore RUN_DIR...` re-scores
-finished runs with today's parsers and metrics instead (`benchmarks.rescore`), loading no model. See
-docs/eval.md.
+Settings come from the flags (with `--set KNOB=VALUE` for any other compression knob), then a
+`--config` YAML, then the defaults (flags given explicitly win). An unknown YAML key is refused with
+the closest known one. Every (benchmark, budget) pair gets its own run directory
+(`benchmarks.rundir`), which a re-run resumes, retrying the samples that failed. Under `accelerate
+launch` (or torchrun) the samples are sharded over the processes and the main process merges the
+traces. `--batch-size N` runs independent samples in batches (`benchmarks.runner`,
+`benchmarks.batching`). A rich progress bar runs on stderr (plain progress lines when stderr is not a
+terminal); one results table per benchmark is printed at the end, and a warning for every run with
+failed samples. Ctrl-C says which run holds how many samples and that the same command resumes it.
+`guikv eval --rescore RUN_DIR...` re-scores finished runs with today's parsers and metrics instead
+(`benchmarks.rescore`), loading no model. See docs/eval.md.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.common import BenchmarkSpec, LoadResult
-from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks.flags import parse_percentages, quiet_transformers
+from benchmarks.locations import data_paths
 from benchmarks.rescore import rescore
 from benchmarks.rundir import count_records, format_budget, run_directory
 from benchmarks.runner import (
@@ -46,10 +47,12 @@ from benchmarks.runner import (
 )
 from guikv.agents import FAMILY_NAMES, AgentFamily, detect_family, get_family
 from guikv.config import FULL_BUDGET, CompressionConfig
-from guikv.errors import UserInputError
+from guikv.errors import UserInputError, did_you_mean
 from guikv_cli import options
 from guikv_cli.interrupt import saved_work
+from guikv_cli.knobs import config_with_knobs, knob_settings
 from guikv_cli.progress import PlainProgress, status
+from guikv_cli.report import compact_table, metric_cell, metric_header, print_tables
 
 INSTRUCTION_LEVELS = ("high", "low")
 DEFAULT_OUTPUT = Path("runs")
@@ -76,7 +79,7 @@ _KEY_TYPES: dict[str, str] = {
     "model": "text",
     "family": "text",
     "method": "text",
-    "budget": "numbers",
+    "budgets": "numbers",
     "screenshots": "int",
     "limit": "int",
     "split": "text",
@@ -98,6 +101,9 @@ _KEY_TYPES: dict[str, str] = {
     },
 }
 """Every key a `--config` YAML may hold (flag names, `-` or `_`), with the kind of value expected."""
+
+_KEY_ALIASES = {"budget": "budgets"}
+"""YAML keys read as another: a run's config.yaml holds its one `budget`, and is a valid `--config`."""
 
 _EXPECTED = {
     "text": "a string",
@@ -149,11 +155,17 @@ def eval_command(
     ),
     family: str = typer.Option("auto", "--family", help=f"auto, {', '.join(FAMILY_NAMES)}."),
     method: str = options.METHOD,
-    budget: list[float] | None = typer.Option(
-        None, "--budget", help="Percent of prompt tokens kept (default 10); repeat for a sweep."
+    budgets: str | None = typer.Option(
+        None,
+        "--budgets",
+        metavar="LIST",
+        help="Percentages of the prompt's tokens kept, comma-separated, one run each, e.g. 1,5,10 "
+        "(default 10).",
     ),
     screenshots: int = typer.Option(5, "--screenshots", help="AgentNetBench: screenshots per prompt."),
-    limit: int | None = typer.Option(None, "--limit", help="First N records per file (trajectories)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="First N records of each benchmark file (AgentNetBench: trajectories)."
+    ),
     split: str | None = typer.Option(None, "--split", help="Benchmark split (default: all)."),
     instruction_level: str = typer.Option("high", "--instruction-level", help="AndroidControl: high|low."),
     max_new_tokens: int | None = typer.Option(
@@ -185,19 +197,22 @@ def eval_command(
     alpha: float = options.ALPHA,
     temperature: float = options.TEMPERATURE,
     window_size: int = options.WINDOW,
+    settings: list[str] | None = options.SET,
 ) -> None:
     """Evaluate a model on GUI-agent benchmarks with a compressed KV cache (resumable, shardable), or
     re-score finished runs with --rescore."""
     values = dict(ctx.params)
     explicit = {name for name in values if _given(ctx, name)}
     if rescore_runs:
-        execute_rescore(benchmark or [], explicit - {"benchmark", "rescore_runs"})
+        flags = {param.name: param.opts[0] for param in ctx.command.params}
+        execute_rescore(benchmark or [], {flags[name] for name in explicit - {"benchmark", "rescore_runs"}})
         return
     if config is not None:
         for key, value in read_config(config).items():
             if key not in explicit:
                 values[key] = value
-    execute(build_request(values))
+    knobs = knob_settings(values.pop("settings") or [], own_flags={"budget": "--budgets"})
+    execute(build_request(values, knobs))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -227,9 +242,11 @@ def read_config(path: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        key = _KEY_ALIASES.get(key, key)
         if key not in _KEY_TYPES:
+            hint = did_you_mean(str(raw_key), [*_KEY_TYPES, *_KEY_ALIASES])
             raise UserInputError(
-                f"--config {path}: unknown key '{raw_key}'; expected some of: {', '.join(_KEY_TYPES)}"
+                f"--config {path}: unknown key '{raw_key}'{hint}; expected some of: {', '.join(_KEY_TYPES)}"
             )
         if value is not None:
             settings[key] = _coerce(path, str(raw_key), _KEY_TYPES[key], value)
@@ -259,8 +276,9 @@ def _coerce(path: Path, key: str, kind: str, value: Any) -> Any:
     raise UserInputError(f"--config {path}: key '{key}': expected {_EXPECTED[kind]}, got {value!r}")
 
 
-def build_request(values: dict[str, Any]) -> EvalRequest:
-    """Validate merged settings into an `EvalRequest`; each problem is a one-line error naming the flag."""
+def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -> EvalRequest:
+    """Validate merged settings and the `--set` knobs into an `EvalRequest`; each problem is a
+    one-line error naming the flag."""
     names = values.get("benchmark") or []
     if not names:
         raise UserInputError(f"benchmark: missing; expected one or more of: {', '.join(BENCHMARKS)}")
@@ -282,12 +300,21 @@ def build_request(values: dict[str, Any]) -> EvalRequest:
     family = str(values["family"]).strip().lower()
     if family != "auto":
         get_family(family)
-    compression = {name: values[name] for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION) if name in values}
-    budgets = values.get("budget") or [10.0]
+    knobs = knobs or {}
+    compression = {
+        name: values[name]
+        for name in (*_FLAG_FIELDS, *_EXTRA_COMPRESSION)
+        if name in values and name not in knobs
+    }
+    budgets = values.get("budgets") or "10"
+    if isinstance(budgets, str):
+        budgets = parse_percentages(budgets, "--budgets")
+    else:
+        budgets = parse_percentages(",".join(f"{budget:g}" for budget in budgets), "--config budgets")
     oracle = str(values["model"]) == ORACLE
     if oracle and compression.get("method") == ORACLE:
-        compression["method"] = "full"  # an oracle run's own config.yaml, passed back as --config
-    configs = tuple(dict.fromkeys(compression_config(**compression, budget=b) for b in budgets))
+        del compression["method"]  # an oracle run's own config.yaml, passed back as --config
+    configs = tuple(dict.fromkeys(config_with_knobs(knobs, **compression, budget=b) for b in budgets))
     if oracle:
         configs = configs[:1]  # the oracle compresses nothing: one run, whatever the budgets
     return EvalRequest(
@@ -323,17 +350,6 @@ def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
 def _path(value: Any) -> Path | None:
     """A path setting, None when absent."""
     return None if value is None else Path(value)
-
-
-def data_paths(spec: BenchmarkSpec, data: Path | None, images: Path | None) -> tuple[Path, Path]:
-    """The benchmark's data and screenshot directories, from the flags or its environment variables."""
-    chosen: list[Path] = []
-    for given, env, flag in ((data, spec.data_env, "--data"), (images, spec.images_env, "--images")):
-        value = given if given is not None else os.environ.get(env)
-        if not value:
-            raise UserInputError(f"{spec.name}: no {flag[2:]} directory; pass {flag} or set {env}")
-        chosen.append(Path(value).expanduser().resolve())
-    return chosen[0], chosen[1]
 
 
 def load_benchmark(
@@ -584,7 +600,7 @@ def execute(request: EvalRequest) -> None:
     finally:
         display.stop()
     if shard.is_main:
-        print_tables(tables)
+        print_tables(Console(), tables)
         for summary in warnings:
             display.console.print(failure_line(summary), style="yellow", markup=False)
 
@@ -599,15 +615,6 @@ def saved_samples(run_dir: Path, total: int, finished: int) -> str:
     )
 
 
-def print_tables(tables: Sequence[Table]) -> None:
-    """The results tables on stdout (at least 160 columns wide when it is not a terminal)."""
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
-    for table in tables:
-        console.print(table)
-
-
 def failure_line(summary: dict[str, Any]) -> str:
     """One line about a run with failed samples: which failed, what its numbers are over, and what
     they become when the failed samples count as wrong."""
@@ -615,20 +622,21 @@ def failure_line(summary: dict[str, Any]) -> str:
     shown = ", ".join(f"{item['sample_id']} ({item['error']})" for item in failed[:MISSING_SHOWN])
     more = f" (+{len(failed) - MISSING_SHOWN} more)" if len(failed) > MISSING_SHOWN else ""
     wrong = summary["metrics_failures_as_wrong"] or {}
-    counted = ", ".join(f"{column} {_percent(wrong.get(column))}" for column in summary["metric_columns"])
+    counted = ", ".join(f"{column} {metric_cell(wrong, column)}" for column in summary["metric_columns"])
     return (
         f"{summary['run_dir']}: {summary['samples_failed']} samples FAILED: {shown}{more}; the metrics "
-        f"are over the {summary['samples_scored']} scored samples; counting the failed ones wrong: "
+        f"are over the {summary['samples_scored']} scored samples; counting the failed ones wrong (%): "
         f"{counted}; re-run the same command to retry them"
     )
 
 
 def execute_rescore(targets: Sequence[str], given: set[str]) -> None:
-    """`--rescore`: re-score the run directories under `targets` (nothing else may be given), say
+    """`--rescore`: re-score the run directories under `targets` (no other flag may be `given`), say
     what changed, and print the new tables (one per benchmark and model) and any failure warnings."""
     if given:
-        flags = ", ".join(sorted("--" + name.replace("_", "-") for name in given))
-        raise UserInputError(f"--rescore takes run directories only; {flags} belongs to running an eval")
+        raise UserInputError(
+            f"--rescore takes run directories only; {', '.join(sorted(given))} belongs to running an eval"
+        )
     if not targets:
         raise UserInputError("--rescore: missing RUN_DIR; expected one or more eval run directories")
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -641,18 +649,13 @@ def execute_rescore(targets: Sequence[str], given: set[str]) -> None:
         )
         key = (result.spec.name, str(result.summary["model"]))
         groups.setdefault(key, []).append({**result.summary, "run_dir": str(result.run_dir)})
-    print_tables([results_table(BENCHMARKS[name], summaries) for (name, _), summaries in groups.items()])
+    print_tables(
+        Console(), [results_table(BENCHMARKS[name], summaries) for (name, _), summaries in groups.items()]
+    )
     for summaries in groups.values():
         for summary in summaries:
             if summary["samples_failed"]:
                 stderr.print(failure_line(summary), style="yellow", markup=False)
-
-
-def _percent(value: Any) -> str:
-    """A 0-1 metric as a percentage with one decimal; missing values as a dash."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "—"
-    return f"{100 * value:.1f}"
 
 
 def _saved(value: Any) -> str:
@@ -661,33 +664,31 @@ def _saved(value: Any) -> str:
 
 
 def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> Table:
-    """One benchmark's results: a row per method and budget, its own metric columns (in %), decode
-    FLOPs and KV memory saved (%), and how many samples were scored, skipped (and failed); a run with
-    failed samples gets a second row with its metrics counting them as wrong."""
+    """One benchmark's results: a row per method and budget, its own metric columns (in %, each ±
+    its standard error), decode FLOPs and KV memory saved (%), and how many samples were scored,
+    skipped (and failed); a run with failed samples gets a second row with its metrics counting
+    them as wrong."""
     first = summaries[0]
     failed = any(s["samples_failed"] for s in summaries)
-    table = Table(
-        title=Text(f"{spec.title} · {first['model']} ({first['family']})", style="bold"),
-        caption=Text(f"metrics in %; runs under {Path(first['run_dir']).parent}", style="dim"),
-    )
-    table.add_column("method")
-    table.add_column("budget %", justify="right")
-    for column in spec.metric_columns:
-        table.add_column(column, justify="right")
-    for column in (
-        "decode FLOPs saved %",
-        "KV saved %",
+    headers = [
+        "method",
+        "budget %",
+        *(metric_header(column) for column in spec.metric_columns),
+        "decode\nFLOPs\nsaved %",
+        "KV\nsaved %",
         "scored",
         "skipped",
         *(("failed",) if failed else ()),
-    ):
-        table.add_column(column, justify="right")
+    ]
+    table = compact_table(f"{spec.title} · {first['model']} ({first['family']})", headers)
+    table.caption = f"metrics in % ± standard error; runs under {Path(first['run_dir']).parent}"
+    table.caption_justify = "left"
     for summary in summaries:
         saved = summary["savings"]
         table.add_row(
             summary["method"],
             format_budget(summary["budget"]),
-            *(_percent(summary["metrics"].get(column)) for column in spec.metric_columns),
+            *(metric_cell(summary["metrics"], column) for column in spec.metric_columns),
             _saved(saved["decode_flops_saved_percent"]),
             _saved(saved["kv_saved_percent"]),
             str(summary["samples_scored"]),
@@ -697,9 +698,9 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
         if summary["samples_failed"]:
             wrong = summary["metrics_failures_as_wrong"]
             table.add_row(
-                Text("  failed as wrong", style="yellow"),
+                "  failed as wrong",
                 "",
-                *(_percent(wrong.get(column)) for column in spec.metric_columns),
+                *(metric_cell(wrong, column) for column in spec.metric_columns),
                 style="yellow",
             )
     return table

@@ -16,8 +16,8 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from benchmarks.flags import compression_config, quiet_transformers
+from benchmarks.flags import quiet_transformers
 from guikv.agents import (
     FAMILY_NAMES,
     Action,
@@ -39,6 +39,7 @@ from guikv.agents import (
 from guikv.agents.resize import MAX_ASPECT_RATIO
 from guikv.config import CompressionConfig, changed_knobs
 from guikv.errors import UserInputError
+from guikv_cli.knobs import config_with_knobs, knob_settings
 from guikv_cli.options import (
     ALPHA,
     ATTN,
@@ -47,6 +48,7 @@ from guikv_cli.options import (
     DTYPE,
     METHOD,
     MODEL,
+    SET,
     TEMPERATURE,
     WINDOW,
 )
@@ -70,61 +72,6 @@ HELP = (
     "With --model tiny (built in, random weights) the action is meaningless and only the token counts, "
     f"cache sizes and timings are real. On a GPU use --model {GPU_MODEL} --device cuda."
 )
-
-
-FLAG_KNOBS = ("method", "budget", "alpha", "temperature", "window_size")
-"""The CompressionConfig fields that have a flag of their own (so `--set` refuses them)."""
-
-_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
-
-
-def knob_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """`--set KNOB=VALUE` values as CompressionConfig fields, each converted to its field's type; a
-    malformed pair, an unknown knob or a value of the wrong type is one `UserInputError` line."""
-    kinds = {f.name: type(f.default) for f in fields(CompressionConfig) if f.name not in FLAG_KNOBS}
-    knobs: dict[str, Any] = {}
-    for pair in pairs:
-        name, equals, text = pair.partition("=")
-        name = name.strip().replace("-", "_")
-        if not equals or not name:
-            raise UserInputError(
-                f"--set {pair!r} is malformed: expected KNOB=VALUE, e.g. st_lite_variant=paper"
-            )
-        if name not in kinds:
-            own = f" (use --{name.replace('_', '-')})" if name in FLAG_KNOBS else ""
-            raise UserInputError(f"--set {name} is unknown{own}: expected one of {', '.join(sorted(kinds))}")
-        knobs[name] = _knob_value(name, text.strip(), kinds[name])
-    return knobs
-
-
-def infer_config(settings: Sequence[str], **flags: Any) -> CompressionConfig:
-    """The CompressionConfig of the flags and the `--set` knobs; a knob's invalid value is one line
-    naming `--set KNOB=VALUE`."""
-    knobs = knob_settings(settings)
-    try:
-        return compression_config(**flags, **knobs)
-    except UserInputError as error:
-        match = re.match(r"CompressionConfig\.(\w+)=(.*?) is invalid: (.*)", str(error))
-        if match is None or match.group(1) not in knobs:
-            raise
-        raise UserInputError(
-            f"--set {match.group(1)}={match.group(2)} is invalid: {match.group(3)}"
-        ) from None
-
-
-def _knob_value(name: str, text: str, kind: type) -> Any:
-    """`text` as a value of `kind` (bool, int, float or str) for `--set name=...`."""
-    if kind is bool:
-        if text.lower() in (*_TRUE, *_FALSE):
-            return text.lower() in _TRUE
-        raise UserInputError(f"--set {name}={text} is invalid: expected true or false")
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            expected = "an integer" if kind is int else "a number"
-            raise UserInputError(f"--set {name}={text} is invalid: expected {expected}") from None
-    return text
 
 
 @dataclass(frozen=True)
@@ -167,19 +114,13 @@ def infer(
         show_default=False,
         help="Sort the screenshots first: name (natural sort) or mtime (oldest first); default: as given.",
     ),
-    settings: list[str] | None = typer.Option(
-        None,
-        "--set",
-        metavar="KNOB=VALUE",
-        help="Any other compression knob (a CompressionConfig field), e.g. st_lite_variant=paper or "
-        "star_kv_prior_lambda=0.3; repeatable.",
-    ),
+    settings: list[str] | None = SET,
 ) -> None:
     """Run one agent step and print what it did and what compression kept (see HELP)."""
     instruction = check_task(task)
     shots = order_screenshots([check_screenshot(path) for path in screenshots or []], history_order)
-    config = infer_config(
-        settings or [],
+    config = config_with_knobs(
+        knob_settings(settings or []),
         method=method,
         budget=budget,
         alpha=alpha,

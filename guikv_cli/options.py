@@ -17,3 +17,10 @@ BUDGET = typer.Option(10.0, "--budget", help="Percent of the prompt's tokens kep
 ALPHA = typer.Option(2.0, "--alpha", help="GUI-KV spatial saliency weight.")
 TEMPERATURE = typer.Option(3.5, "--temperature", help="GUI-KV saliency softmax temperature.")
 WINDOW = typer.Option(8, "--window-size", help="Trailing tokens always kept and scored from.")
+SET = typer.Option(
+    None,
+    "--set",
+    metavar="KNOB=VALUE",
+    help="Any other compression knob (a CompressionConfig field), e.g. st_lite_variant=paper or "
+    "star_kv_prior_lambda=0.3; repeat for several.",
+)

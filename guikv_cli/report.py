@@ -1,5 +1,9 @@
-"""Rendering shared by the subcommands that report: compact rich tables, percentages, and a
-self-contained HTML page of tables and figures (`guikv analyze-attention`, `guikv compare`).
+"""Rendering shared by the subcommands that report: compact rich tables, percentages, benchmark
+metrics with their standard errors, tables printed whole, and a self-contained HTML page of tables
+and figures (`guikv eval`, `guikv analyze-attention`, `guikv compare`).
+
+Accuracy metrics are shown in one unit everywhere, percent, the header saying so (`step_accuracy %`),
+each with its standard error (`45.0 ± 3.2`); `summary.json` stores both as shares (0-1).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
+
+from benchmarks.stats import stderr_key
 
 MIB = 2**20
 
@@ -54,12 +60,56 @@ def write_html(
 
 
 def compact_table(title: str, headers: Sequence[str], left: int = 1) -> Table:
-    """A table that fits 80 columns where possible: header words stacked on lines, no cell
-    wrapping, single-space gaps; the first `left` columns left-aligned, the rest right-aligned."""
+    """A table that fits 80 columns where possible: header words stacked on lines, single-space
+    gaps; the first `left` columns left-aligned, the rest right-aligned. A cell too wide for a
+    narrow terminal wraps (folds) rather than being cut short."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
     for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index < left else "right", no_wrap=True)
+        table.add_column(header, justify="left" if index < left else "right", overflow="fold")
     return table
+
+
+MEASURE_WIDTH = 10_000
+"""The width a table is measured at to find how wide it wants to be."""
+
+
+def print_tables(console: Console, tables: Sequence[Table]) -> None:
+    """Print tables without cutting a number: where the output is not a terminal (a pipe, a file,
+    CI) the console widens to each table's natural width; in a terminal cells fold instead."""
+    for table in tables:
+        if not console.is_terminal:
+            natural = console.measure(table, options=console.options.update_width(MEASURE_WIDTH)).maximum
+            console.width = max(console.width, natural)
+        console.print(table)
+
+
+def stacked(header: str) -> str:
+    """A header as a narrow column title: one word per line (underscores split words)."""
+    return "\n".join(header.replace("_", " ").split())
+
+
+def metric_header(name: str) -> str:
+    """The column header of an accuracy metric, stacked one word per line, the last naming its unit
+    (`step_accuracy`: `step` over `accuracy %`)."""
+    return f"{stacked(name)} %"
+
+
+def _share(value: object) -> float | None:
+    """A JSON number as a float; null, booleans, text and NaN as None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def metric_cell(metrics: Mapping[str, object], name: str) -> str:
+    """A summary metric and its standard error, both in percent with one decimal (`45.0 ± 3.2`);
+    no known error (one sample, or a summary written before errors were stored) reads `± n/a`, a
+    missing metric an em dash."""
+    value = _share(metrics.get(name))
+    if value is None:
+        return "—"
+    error = _share(metrics.get(stderr_key(name)))
+    return f"{100 * value:.1f} ± {'n/a' if error is None else f'{100 * error:.1f}'}"
 
 
 def percent(value: float | None) -> str:

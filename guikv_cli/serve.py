@@ -21,7 +21,8 @@ import typer
 
 from guikv.errors import UserInputError
 from guikv.vllm.settings import PluginSettings
-from guikv_cli.infer import knob_settings
+from guikv_cli.knobs import knob_settings
+from guikv_cli.options import SET
 
 DEFAULT_MAX_MODEL_LEN = 32768
 """Context length `guikv serve` gives vLLM unless `--max-model-len` follows `--` (every prompt is
@@ -98,9 +99,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not log one line per compressed request."),
-    settings: list[str] | None = typer.Option(
-        None, "--set", metavar="KNOB=VALUE", help="Any other compression knob, e.g. subspace=svd; repeatable."
-    ),
+    settings: list[str] | None = SET,
 ) -> None:
     """Check the settings, then become vLLM's API server with the plugin on (see HELP)."""
     mapping = {"method": method, "budget": budget, **knob_settings(settings or [])}

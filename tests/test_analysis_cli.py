@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_helpers import agentnetbench
 from PIL import Image
 
 from guikv_cli.app import main
@@ -99,21 +100,49 @@ def test_benchmark_mode_reads_agentnetbench_prompts(
     tmp_path: Path,
     tiny_dir: Path,
     fixtures_dir: Path,
+    make_png: Callable[[Path, tuple[int, int]], Path],
 ):
-    data = fixtures_dir / "agentnetbench" / "test_data"
+    """`--data`, `--images` and `--limit` mean what they mean for eval: the analysis covers exactly
+    the samples `guikv eval --limit 1` runs (the first trajectory, every step), with the same
+    screenshots in each prompt."""
+    data, images = agentnetbench(fixtures_dir, tmp_path, make_png, scale=0.1)
+    flags = ["--data", str(data), "--images", str(images), "--limit", "1"]
     output = tmp_path / "out"
     code, stderr = run_main(
-        monkeypatch, capsys, "analyze-attention", "--benchmark", "agentnetbench", "--data", str(data),
-        "--images", str(data / "images"), "--limit", "2", "--model", str(tiny_dir), "--window-size", "4",
-        "--output", str(output),
+        monkeypatch, capsys, "analyze-attention", "--benchmark", "agentnetbench", *flags,
+        "--model", str(tiny_dir), "--window-size", "4", "--output", str(output),
     )  # fmt: skip
     assert code == 0, stderr
     report = json.loads((output / "sparsity.json").read_text())
     assert report["benchmark"] == "agentnetbench" and report["mode"] == "window"
-    assert [s["sample_id"] for s in report["samples"]] == ["s_df0fd37049f470c2/2", "s_df0fd37049f470c2/3"]
-    assert [s["num_images"] for s in report["samples"]] == [1, 2]
+    oracle = ["--model", "oracle", "--output", str(tmp_path / "runs")]
+    code, stderr = run_main(monkeypatch, capsys, "eval", "agentnetbench", *flags, *oracle)
+    assert code == 0, stderr
+    [trace] = (tmp_path / "runs").rglob("samples.jsonl")
+    evaluated = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [s["sample_id"] for s in report["samples"]] == [r["sample_id"] for r in evaluated]
+    assert [s["num_images"] for s in report["samples"]] == [
+        len(r["history_screenshots"]) + 1 for r in evaluated
+    ]
+    assert [s["num_images"] for s in report["samples"]] == [1, 2, 3]
     assert all(s["query_rows"] == 4 for s in report["samples"])
-    assert report["by_kind"]["previous"]["tokens"] == report["samples"][1]["tokens"]["previous"] > 0
+    assert report["by_kind"]["previous"]["tokens"] > 0
+
+
+def test_benchmark_screenshots_come_from_images_or_its_variable_as_in_eval(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, fixtures_dir: Path
+):
+    """Without --images the screenshot directory is the benchmark's variable, as for eval; with
+    neither, one line names both (the data directory is no fallback)."""
+    data = fixtures_dir / "agentnetbench" / "test_data"
+    monkeypatch.delenv("AGENTNETBENCH_IMGS", raising=False)
+    messages = []
+    for command in (["analyze-attention", "--benchmark", "agentnetbench"], ["eval", "agentnetbench"]):
+        code, stderr = run_main(monkeypatch, capsys, *command, "--data", str(data), "--output", str(tmp_path))
+        assert code == 2
+        messages.append(stderr.strip())
+    assert messages[0] == messages[1]
+    assert "agentnetbench: no images directory; pass --images or set AGENTNETBENCH_IMGS" in messages[0]
 
 
 def test_a_bad_input_through_the_subprocess_is_one_line_and_exit_2(tmp_path: Path, screenshots):

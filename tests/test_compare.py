@@ -17,6 +17,7 @@ from PIL import Image
 from rich.console import Console
 
 from benchmarks.finished_runs import find_runs, group_runs
+from benchmarks.stats import stderr_key
 from benchmarks.step_fidelity import method_pairs
 from guikv.errors import UserInputError
 from guikv_cli.app import main
@@ -53,7 +54,12 @@ def write_run(
         "budget": budget,
         "config": {"method": method, "budget": budget, "window_size": 8},
         "metric_columns": columns,
-        "metrics": {column: score - 0.1 * index for index, column in enumerate(columns)} | {"total_steps": 7},
+        "metrics": {
+            key: value
+            for index, column in enumerate(columns)
+            for key, value in ((column, score - 0.1 * index), (stderr_key(column), 0.02 + 0.01 * index))
+        }
+        | {"total_steps": 7},
         "savings": {
             "decode_flops_saved_percent": 100 * (1 - kept / full_bytes) * 0.4,
             "decode_attention_flops_saved_percent": 100 * (1 - kept / full_bytes),
@@ -130,14 +136,14 @@ def test_table_from_two_run_directories(runs: Path):
     ]
     lines = [line for line in lines if line]
     assert lines[0] == ["AgentNetBench", "(agentnetbench)"]
-    assert lines[1:4] == [
-        ["average", "decode"],
-        ["overall", "trajectory", "milestone", "hit", "KV", "FLOPs", "KV", "MiB"],
-        ["method", "budget", "score", "score", "score", "rate", "saved", "saved", "kept"],
+    assert [" ".join(line) for line in lines[1:4]] == [
+        "average decode",
+        "overall trajectory milestone hit KV FLOPs KV MiB",
+        "method budget % score % score % score % rate % saved % saved % kept",
     ]
-    assert lines[5] == ["snapkv", "5%", "0.400", "0.300", "0.200", "0.100", "95.0%", "38.0%", "0.05"]
-    assert lines[6] == ["gui_kv", "5%", "0.500", "0.400", "0.300", "0.200", "95.0%", "38.0%", "0.05"]
-    assert lines[7] == ["samples", "per", "run:", "7", "scored"]
+    assert " ".join(lines[5]) == "snapkv 5 40.0 ± 2.0 30.0 ± 3.0 20.0 ± 4.0 10.0 ± 5.0 95.0 38.0 0.05"
+    assert " ".join(lines[6]) == "gui_kv 5 50.0 ± 2.0 40.0 ± 3.0 30.0 ± 4.0 20.0 ± 5.0 95.0 38.0 0.05"
+    assert " ".join(lines[7]) == "metrics in % ± standard error; samples per run: 7 scored"
 
 
 def test_table_shows_differing_sample_counts_and_several_models(tmp_path: Path):
@@ -157,17 +163,20 @@ def test_a_run_with_failed_samples_also_shows_them_counted_wrong(monkeypatch, ca
     lines = [line.split() for line in render(runs_table("agentnetbench", runs)).splitlines()]
     row = next(i for i, line in enumerate(lines) if line[:1] == ["snapkv"])
     assert " ".join(lines[row]).endswith(
-        "0.400 0.300 0.200 0.100 95.0% 38.0% 0.05 7 scored, 0 skipped, 2 failed"
+        "40.0 ± 2.0 30.0 ± 3.0 20.0 ± 4.0 10.0 ± 5.0 95.0 38.0 0.05 7 scored, 0 skipped, 2 failed"
     )
-    assert lines[row + 1] == ["failed", "as", "wrong", "0.250", "0.250", "0.250", "0.250"]
-    assert lines[row + 2][:2] == ["gui_kv", "5%"]
+    assert " ".join(lines[row + 1]) == "failed as wrong" + " 25.0 ± n/a" * 4  # a summary without errors
+    assert lines[row + 2][:2] == ["gui_kv", "5"]
     code, _, stderr = run_main(
         monkeypatch, capsys, "compare", tmp_path / "runs", "--output", tmp_path / "out"
     )
     assert code == 0, stderr
     document = json.loads((tmp_path / "out" / "compare.json").read_text())
     by_method = {run["method"]: run for run in document["groups"][0]["runs"]}
-    assert by_method["snapkv"]["metrics_failures_as_wrong"] == wrong
+    assert by_method["snapkv"]["metrics_failures_as_wrong"] == wrong | {
+        stderr_key(column): None for column in AGENTNET_COLUMNS
+    }
+    assert by_method["gui_kv"]["metrics"]["overall_score_stderr"] == pytest.approx(0.02)
     assert by_method["gui_kv"]["metrics_failures_as_wrong"] is None
 
 
@@ -245,6 +254,19 @@ def test_metric_option_picks_the_plotted_metric(monkeypatch, capsys, runs: Path,
     assert code == 2 and "not a metric of screenspot-v2" in stderr
 
 
+def test_piped_at_80_columns_no_number_is_cut(monkeypatch, capsys, runs: Path, tmp_path: Path):
+    """The run form piped (not a terminal) at 80 columns prints every number whole: each metric in %
+    ± its standard error, as in the eval table (it used to show `0.0…`)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, stdout, stderr = run_main(monkeypatch, capsys, "compare", runs, "--output", tmp_path / "out")
+    assert code == 0, stderr
+    assert "…" not in stdout
+    rows = {" ".join(line.split()[:2]): " ".join(line.split()[2:]) for line in stdout.splitlines()}
+    assert rows["snapkv 5"].startswith("40.0 ± 2.0 30.0 ± 3.0 20.0 ± 4.0 10.0 ± 5.0 95.0 38.0")
+    assert rows["full 100"].startswith("60.0 ± 2.0 50.0 ± 3.0")
+    assert "metrics in % ± standard error" in stdout
+
+
 def test_parsers():
     assert parse_methods(DEFAULT_METHODS) == [
         "full", "snapkv", "pyramidkv", "vlcache", "gui_kv", "st_lite", "star_kv"
@@ -281,6 +303,14 @@ BAD_INPUTS: list[tuple[Callable[[Path, Path], list[str]], str]] = [
     (lambda tmp, shot: [shot, "--task", "t", "--budgets", "5,150"], "150 is outside (0, 100]"),
     (lambda tmp, shot: [shot, "--task", "t", "--budgets", "five"], "'five' is not a number"),
     (lambda tmp, shot: [shot, "--task", "t", "--metric", "x"], "--metric belongs to the eval run form"),
+    (lambda tmp, shot: [tmp / "empty", "--set", "rank=8"], "--set belong to the screenshot form"),
+    (lambda tmp, shot: [shot, "--task", "t", "--set", "budget=5"], "--set budget is unknown (use --budgets)"),
+    (lambda tmp, shot: [shot, "--task", "t", "--set", "method=snapkv"], "(use --methods)"),
+    (
+        lambda tmp, shot: [shot, "--task", "t", "--set", "st_lite_varient=paper"],
+        "--set st_lite_varient is unknown (did you mean 'st_lite_variant'?)",
+    ),
+    (lambda tmp, shot: [shot, "--task", "t", "--set", "subspace=lu"], "--set subspace='lu' is invalid"),
 ]
 
 

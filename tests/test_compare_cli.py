@@ -35,6 +35,19 @@ def screenshot(tmp_path: Path, fixtures_dir: Path) -> Path:
     return path
 
 
+def test_screenshot_form_takes_set_knobs(tmp_path: Path, tiny_dir: Path, screenshot: Path):
+    """`--set KNOB=VALUE` reaches every pair's config, as on infer and eval, and is recorded."""
+    done = run_cli(
+        "compare", screenshot, "--task", "Open the settings menu", "--model", tiny_dir,
+        "--methods", "st_lite", "--budgets", "50", "--set", "st_lite_variant=paper", "--set", "rank=8",
+        "--max-new-tokens", "2", "--output", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert (document["config"]["st_lite_variant"], document["config"]["rank"]) == ("paper", 8)
+    assert [(row["method"], row["runnable"]) for row in document["results"]] == [("st_lite", True)]
+
+
 def test_screenshot_form_reports_fidelity_costs_and_unrunnable_budgets(
     tmp_path: Path, tiny_dir: Path, screenshot: Path
 ):

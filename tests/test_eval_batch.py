@@ -393,7 +393,7 @@ def test_cli_failed_samples_are_the_same_in_batches(
     alone with its own error, as at batch size 1."""
     data, images = small["androidcontrol"]
     args = ["eval", "androidcontrol", "--model", str(tiny_dir), "--data", str(data), "--images", str(images)]
-    args += ["--limit", "3", "--budget", "0.5", "--max-new-tokens", "2", "--device", "cpu"]
+    args += ["--limit", "3", "--budgets", "0.5", "--max-new-tokens", "2", "--device", "cpu"]
     assert run_cli([*args, "--output", str(tmp_path / "one")], monkeypatch, capsys).code == 0
     result = run_cli([*args, "--output", str(tmp_path / "two"), "--batch-size", "2"], monkeypatch, capsys)
     assert result.code == 0, result.err

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eval_helpers import BENCHMARK_NAMES, build_all, environment, records, run_cli, summaries, write_png
+from eval_helpers import (
+    BENCHMARK_NAMES,
+    build_all,
+    environment,
+    records,
+    run_cli,
+    screenspot_pro,
+    summaries,
+    write_png,
+)
 
 from benchmarks import get_benchmark
 from benchmarks.runner import COST_FIELDS
@@ -86,6 +95,32 @@ def test_the_frontier_methods_run_with_knobs_from_the_config(
     assert 0 < summary["savings"]["kv_saved_percent"] < 100
 
 
+def test_set_knobs_on_eval_beat_the_config_and_name_the_run(
+    fixtures_dir: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`--set KNOB=VALUE` works on eval as on infer: typed like its field, winning over the same key
+    in `--config`, written to config.yaml (so it chooses the run directory)."""
+    (tmp_path / "knobs.yaml").write_text("star_kv_prior_lambda: 0.1\nrank: 16\n")
+    data, images = screenspot_pro(fixtures_dir, tmp_path / "data", write_png, scale=0.1)
+    args = ["eval", "screenspot-pro", "--model", str(tiny_dir), "--data", str(data), "--images", str(images)]
+    args += ["--method", "star_kv", "--config", str(tmp_path / "knobs.yaml"), "--max-new-tokens", "2"]
+    args += ["--device", "cpu", "--output", str(tmp_path / "runs")]
+    knobs = ["--set", "star_kv_prior_lambda=0.3", "--set", "star_kv_temporal=false"]
+    result = run_cli([*args, *knobs, "--budgets", "5,20"], monkeypatch, capsys)
+    assert result.code == 0, result.err
+    runs = summaries(tmp_path / "runs")
+    assert sorted(summary["budget"] for summary in runs.values()) == [5.0, 20.0]
+    for summary in runs.values():
+        config = summary["config"]
+        assert (config["star_kv_prior_lambda"], config["star_kv_temporal"], config["rank"]) == (
+            0.3,
+            False,
+            16,
+        )
+    assert run_cli([*args, "--budgets", "5"], monkeypatch, capsys).code == 0
+    assert len(summaries(tmp_path / "runs")) == 3  # without the knobs: another run
+
+
 def write_android(data: Path, edit: Callable[[list[dict[str, Any]]], None]) -> None:
     """Rewrite `500_steps.json` in `data` after `edit` changed its records in place."""
     path = data / "500_steps.json"
@@ -105,10 +140,28 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "unknown split": (["screenspot-v2", "--split", "tablet"], "--split: unknown value 'tablet'"),
     "limit 0": (["screenspot-v2", "--limit", "0"], "--limit 0 is invalid: expected a positive integer"),
     "unwritable output": (["screenspot-v2", "--output", "{tmp}/a-file/runs"], "--output: cannot write"),
-    "unknown yaml key": (["screenspot-v2", "--config", "{tmp}/bad.yaml"], "unknown key 'bugdet'"),
+    "unknown yaml key": (
+        ["screenspot-v2", "--config", "{tmp}/bad.yaml"],
+        "unknown key 'bugdet' (did you mean 'budget'?)",
+    ),
     "wrong screenshots directory": (["screenspot-v2", "--images", "{tmp}"], "none of the 6 samples"),
     "no data at all": (["mind2web"], "mind2web: no data directory; pass --data or set MM_MIND2WEB_TEST"),
-    "budget out of range": (["screenspot-v2", "--budget", "150"], "--budget 150.0 is invalid"),
+    "budget out of range": (["screenspot-v2", "--budgets", "5,150"], "--budgets: 150 is outside (0, 100]"),
+    "budget from yaml out of range": (
+        ["screenspot-v2", "--config", "{tmp}/budget.yaml"],
+        "--config budgets: 150 is outside (0, 100]",
+    ),
+    "repeated budget flag": (["screenspot-v2", "--budget", "5"], "No such option: --budget"),
+    "set unknown knob": (
+        ["screenspot-v2", "--set", "st_lite_varient=paper"],
+        "--set st_lite_varient is unknown (did you mean 'st_lite_variant'?)",
+    ),
+    "set a flag's knob": (["screenspot-v2", "--set", "budget=5"], "--set budget is unknown (use --budgets)"),
+    "set knob value": (
+        ["screenspot-v2", "--method", "st_lite", "--set", "st_lite_variant=neither"],
+        "--set st_lite_variant='neither' is invalid",
+    ),
+    "set with rescore": (["{tmp}", "--rescore", "--set", "rank=8"], "--set belongs to running an eval"),
     "unknown method": (["screenspot-v2", "--method", "h2o"], "st_lite, star_kv"),
     "st_lite knob value": (["screenspot-v2", "--config", "{tmp}/variant.yaml"], "st_lite_variant"),
     "data flag with several benchmarks": (
@@ -124,6 +177,7 @@ def test_bad_input_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     (tmp_path / "bad.yaml").write_text("bugdet: 10\n")
+    (tmp_path / "budget.yaml").write_text("budgets: [5, 150]\n")
     (tmp_path / "variant.yaml").write_text("method: st_lite\nst_lite_variant: neither\n")
     broken = tmp_path / "android"
     broken.mkdir()
@@ -160,7 +214,7 @@ def test_bad_input_keeps_what_was_written(
     for bad in (
         ["--no-resume", "--limit", "0"],
         ["--no-resume", "--split", "tablet"],
-        ["--no-resume", "--budget", "0"],
+        ["--no-resume", "--budgets", "0"],
     ):
         assert run_cli([*args, *bad], monkeypatch, capsys).code == 2
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files

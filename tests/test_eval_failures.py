@@ -87,7 +87,7 @@ def test_cli_reports_failures_and_a_rerun_retries_them(
     same command run again retries them."""
     data, images = androidcontrol(tmp_path / "data", write_png, scale=0.05)
     args = ["eval", "androidcontrol", "--model", str(tiny_dir), "--data", str(data), "--images", str(images)]
-    args += ["--limit", "2", "--budget", "0.5", "--max-new-tokens", "2", "--device", "cpu"]
+    args += ["--limit", "2", "--budgets", "0.5", "--max-new-tokens", "2", "--device", "cpu"]
     args += ["--output", str(tmp_path / "runs")]
     result = run_cli(args, monkeypatch, capsys)
     assert result.code == 0, result.err

@@ -84,21 +84,17 @@ def test_a_finished_run_is_not_run_again_and_no_resume_starts_afresh(
 def test_settings_choose_the_directory(
     datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
+    """A run's settings name its directory: another --limit is another run, the same settings
+    (however the budgets were asked) the same run. The oracle runs once, at 100, whatever the budgets."""
     base = oracle_eval_args("screenspot-pro", datasets, tmp_path)
-    assert run_cli([*base, "--limit", "1", "--budget", "5", "--budget", "20"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--limit", "2"], monkeypatch, capsys).code == 0
-    assert run_cli([*base, "--limit", "1", "--max-new-tokens", "50"], monkeypatch, capsys).code == 0
-    assert (
-        run_cli([*base, "--limit", "1", "--alpha", "1"], monkeypatch, capsys).code == 0
-    )  # same as the first
-    runs = summaries(tmp_path)
-    assert len(runs) == 3  # the oracle compresses nothing: budgets and knobs are not its settings
+    assert run_cli([*base, "--budgets", "5,20"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--budgets", "5", "--limit", "1"], monkeypatch, capsys).code == 0
+    assert run_cli([*base, "--budgets", "20"], monkeypatch, capsys).code == 0  # same as the first
+    runs = sorted(summaries(tmp_path))
+    assert len(runs) == 2
     assert all(Path(run).name.startswith("oracle-b100-") for run in runs)
-    assert sorted((s["config"]["limit"], s["config"]["max_new_tokens"]) for s in runs.values()) == [
-        (1, 50),
-        (1, 400),
-        (2, 400),
-    ]
+    limits = sorted(str(summary["config"]["limit"]) for summary in summaries(tmp_path).values())
+    assert limits == ["1", "None"]
 
 
 def test_a_models_budget_and_knobs_choose_the_directory(tmp_path: Path) -> None:
@@ -125,18 +121,18 @@ def test_config_yaml_flags_win_and_a_run_config_resumes_its_run(
         "output": str(tmp_path / "runs"),
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
-    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--limit", "3"], monkeypatch, capsys)
+    result = run_cli(["eval", "--config", str(tmp_path / "run.yaml"), "--limit", "2"], monkeypatch, capsys)
     assert result.code == 0, result.err
     run_dir = only_run_dir(tmp_path / "runs")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert (config["limit"], config["instruction_level"], config["method"]) == (3, "low", "oracle")
+    assert (config["budget"], config["limit"], config["instruction_level"]) == (100.0, 2, "low")
     again = run_cli(
         ["eval", "--config", str(run_dir / "config.yaml"), "--output", str(tmp_path / "runs")],
         monkeypatch,
         capsys,
     )
     assert again.code == 0, again.err
-    assert "3 of 3 samples already done" in again.err
+    assert "2 of 2 samples already done" in again.err
     assert only_run_dir(tmp_path / "runs") == run_dir
 
 

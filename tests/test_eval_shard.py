@@ -41,7 +41,7 @@ def env(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 def test_two_processes_equal_one(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    args = ["eval", *BENCHMARKS, "--model", "oracle", "--budget", "5", "--budget", "10"]
+    args = ["eval", *BENCHMARKS, "--model", "oracle", "--budgets", "5,10"]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     single = run_cli([*args, "--output", str(tmp_path / "one")], monkeypatch, capsys)

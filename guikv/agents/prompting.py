@@ -190,3 +190,28 @@ def collect_images(messages: Sequence[Message]) -> list[ImageLike]:
         if isinstance(content, list):
             images.extend(item["image"] for item in content if item.get("type") == "image")
     return images
+
+
+def messages_json(messages: Sequence[Message]) -> list[Message]:
+    """The conversation as plain JSON, for a trace that shows what the model saw: every text as
+    written, every screenshot as its file path (an in-memory PIL image as `"<image WxH>"`, since it
+    has no file). The chat template (its default system turn, the vision tokens) is the model's and
+    is left to its processor."""
+    return [{**message, "content": _content_json(message.get("content"))} for message in messages]
+
+
+def _content_json(content: Any) -> Any:
+    """A message's content with its image entries made JSON-ready (text content is kept as is)."""
+    if not isinstance(content, list):
+        return content
+    return [
+        {**item, "image": _image_json(item["image"])} if item.get("type") == "image" else dict(item)
+        for item in content
+    ]
+
+
+def _image_json(image: ImageLike) -> str:
+    """A screenshot reference: its path, or a description of an in-memory image."""
+    if isinstance(image, Image.Image):
+        return f"<image {image.width}x{image.height}>"
+    return os.fspath(image)
