@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from guikv import METHODS, CompressionConfig
+from guikv.hooks import output_cache
 from guikv.trajectory import Trajectory
 
 SHOTS = sorted(
@@ -36,13 +37,15 @@ def replay_inputs(model, trajectory: Trajectory, generated: int) -> dict[str, to
     """The latest step's whole conversation as one prompt: every token fed so far (without the
     step's `generated` answer tokens) and every screenshot."""
     ids = torch.tensor([trajectory.token_ids[: len(trajectory.token_ids) - generated]])
-    return {
+    inputs = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == model.config.image_token_id).long(),
         "pixel_values": torch.cat([turn["pixel_values"] for turn in trajectory.turns]),
         "image_grid_thw": torch.cat([turn["image_grid_thw"] for turn in trajectory.turns]),
     }
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        inputs["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
+    return inputs
 
 
 def replay(model, trajectory: Trajectory, generated: int):
@@ -170,16 +173,9 @@ def assert_layer_0_holds_the_claimed_positions(model, trajectory: Trajectory) ->
     """Layer 0's keys depend only on each token and its position: the carried cache's entry in
     every slot must equal a whole-conversation prefill's key at the logical position the
     trajectory says the slot holds."""
-    ids = torch.tensor([trajectory.token_ids[:-1]])
-    inputs = {
-        "input_ids": ids,
-        "mm_token_type_ids": (ids == model.config.image_token_id).long(),
-        "pixel_values": torch.cat([turn["pixel_values"] for turn in trajectory.turns]),
-        "image_grid_thw": torch.cat([turn["image_grid_thw"] for turn in trajectory.turns]),
-    }
     with torch.no_grad():
-        whole = model(**inputs, use_cache=True)
-    cache = whole.cache if hasattr(whole, "cache") and whole.cache is not None else whole.past_key_values
+        whole = model(**replay_inputs(model, trajectory, 1), use_cache=True)
+    cache = output_cache(whole)
     expected = cache.layers[0].keys[0]
     held = trajectory.carried.positions[0]
     stored = trajectory.carried.cache.layers[0].keys[0]
