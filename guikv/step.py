@@ -176,6 +176,8 @@ def run_step(
     A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`;
     for a batch, a list with one per conversation) when given, else starts empty; the result's
     `method_state` is the state after this step, to pass to the next step of the same trajectory.
+    `method_state` itself is never changed, so a step that raises (out of memory in a batch's decode,
+    after every row's prefill) can be run again from the same state.
     """
     batched = bool(messages) and not isinstance(messages[0], Mapping)
     conversations = list(messages) if batched else [messages]

@@ -250,6 +250,57 @@ def test_a_batch_of_star_kv_rows_carries_one_state_per_row(tiny_sdpa):
         assert again[row].generated_ids == alone_again.generated_ids
 
 
+def test_a_batch_that_fails_after_its_prefills_leaves_the_given_states_as_they_were(tiny_sdpa):
+    """Out of memory in the batched decode, after each row's prefill scored with its state: the
+    states passed in are unchanged, so the retry of each row gives the kept positions, tokens and
+    state of a run that never failed (the state advances once, not twice)."""
+    model, processor = tiny_sdpa
+    config = CompressionConfig(
+        method="star_kv", budget=BUDGET, star_kv_profile_steps=1, star_kv_lambda_ramp=1
+    )
+    first = run_step(model, processor, ROWS[:2], config, max_new_tokens=2)
+    states = [result.method_state for result in first]
+    before = [state.to_dict() for state in states]
+
+    def out_of_memory(module, args, kwargs):
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    handle = model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            run_step(model, processor, ROWS[:2], config, max_new_tokens=3, method_state=states)
+    finally:
+        handle.remove()
+    assert [state.to_dict() for state in states] == before
+    for row in range(2):
+        retried = run_step(
+            model,
+            processor,
+            ROWS[row],
+            config,
+            max_new_tokens=3,
+            record_positions=True,
+            method_state=states[row],
+        )
+        alone = run_step(model, processor, ROWS[row], config, max_new_tokens=1, record_positions=True)
+        clean = run_step(
+            model,
+            processor,
+            ROWS[row],
+            config,
+            max_new_tokens=3,
+            record_positions=True,
+            method_state=alone.method_state,
+        )
+        assert retried.method_state.to_dict() == clean.method_state.to_dict()
+        assert all(
+            torch.equal(a, b) for a, b in zip(retried.kept_positions, clean.kept_positions, strict=True)
+        )
+        assert retried.generated_ids == clean.generated_ids
+        assert {layer.profile_steps for layer in retried.method_state.layers.values()} == {2}
+
+
 def test_cut_rows_keep_their_slot_padding_through_crop_and_row_selection():
     layer = cut_two_rows()
     layer.crop(-2)
