@@ -82,6 +82,24 @@ def tiny64_eager(tiny64_dir: Path) -> tuple:
     return load(str(tiny64_dir), attn_implementation="eager", device="cpu")
 
 
+TINY_64_METHODS = frozenset({"gui_kv"})
+"""Methods whose tiny-model tests run on the head_dim-64 model: GUI-KV's temporal step projects
+earlier screenshots' keys on a rank-32 subspace, which at head_dim 16 is the whole key space (every
+residual rounding noise, ~1e-7, so the step would sort noise)."""
+
+
+@pytest.fixture
+def tiny_for(request: pytest.FixtureRequest) -> Callable[[str, str], tuple]:
+    """`tiny_for(method, attention)`: the (model, processor) a test of `method` runs on: the
+    head_dim-64 tiny model for `TINY_64_METHODS`, the head_dim-16 one otherwise."""
+
+    def get(method: str, attention: str = "sdpa") -> tuple:
+        shape = "tiny64" if method in TINY_64_METHODS else "tiny"
+        return request.getfixturevalue(f"{shape}_{attention}")
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def make_inputs() -> Callable:
     """A factory of processor inputs for `count` real desktop screenshots (downscaled to keep

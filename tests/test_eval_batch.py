@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 from eval_helpers import (
     BENCHMARK_NAMES,
     Scripted,
@@ -31,6 +30,7 @@ from eval_helpers import (
     summaries,
     write_png,
 )
+from PIL import Image
 from test_eval_stateful import two_trajectories, untimed
 
 from benchmarks.batching import Batcher, is_out_of_memory
