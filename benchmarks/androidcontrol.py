@@ -368,13 +368,17 @@ def _lenient(record: dict[str, Any]) -> bool:
     return bool(record.get("correct_ignoring_newline", record["correct"]))
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """`step_accuracy` over all records, `grounding_accuracy` over click/long_press/type_text ground
     truths, the same two with one trailing newline of typed text ignored
     (`step_accuracy_ignoring_newline`, `grounding_accuracy_ignoring_newline`), and accuracy per
     ground-truth type. A record written before the lenient field existed counts by its exact rule
     there (re-score the run to fill it in). `skipped` (ids of steps without a screenshot) does not
-    enter the metrics: the runner reports those steps."""
+    enter the metrics: the runner reports those steps. Nor does
+    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
+    over the records."""
     correct = sum(1 for r in records if r["correct"])
     lenient = sum(1 for r in records if _lenient(r))
     grounding = [r for r in records if r["grounding"]]

@@ -143,10 +143,14 @@ def score(sample: ScreenSpotProSample, prediction: Prediction) -> dict[str, Any]
     }
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """Sample-weighted `action_acc`, `text_acc`, `icon_acc`, the wrong-format count, and accuracy by
     group (leaderboard simple), application (leaderboard detailed), platform and UI type. `skipped`
-    (ids of samples without a screenshot) does not enter the metrics: the runner reports them."""
+    (ids of samples without a screenshot) does not enter the metrics: the runner reports them. Nor does
+    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
+    over the records."""
     text = [r for r in records if r["ui_type"] == "text"]
     icon = [r for r in records if r["ui_type"] == "icon"]
     return {
