@@ -170,8 +170,9 @@ def run_step(
     equal to what that conversation gives alone; see `run_steps`).
 
     With `oracle_mass=True` (on a full cache, one conversation) the result also carries the decode
-    steps' attention mass on each prompt position, [layers, H_kv, L] (`guikv.recall`); the probe's
-    work then counts in the decode times, so time steps without it.
+    steps' attention mass on each prompt position, [layers, H_kv, L] (`guikv.recall`; None when the
+    answer is one token, so no decode step ran); the probe's work then counts in the decode times,
+    so time steps without it.
 
     A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`;
     for a batch, a list with one per conversation) when given, else starts empty; the result's

@@ -437,6 +437,7 @@ def fidelity_row(fidelity: Any) -> dict[str, Any]:
         "kl_first_decode_step": fidelity.kl,
         "oracle_recall": fidelity.recall,
         "oracle_recall_per_layer": fidelity.recall_per_layer,
+        "oracle_recall_reason": fidelity.recall_reason,
         "action": fidelity.action,
         "action_match": fidelity.action_match,
         "kept_per_layer": result.kept_per_layer,
@@ -640,7 +641,8 @@ def compare_step(
     notes = [
         f"full-cache output: {reference_row['text']!r} (action: {reference_row['action']})",
         "oracle recall: the share of the prompt positions the full cache's decode steps attended most "
-        "(top C per layer and KV head, C = the method's kept count there) that the method kept",
+        "(top C per layer and KV head, C = the method's kept count there) that the method kept"
+        + (f"; {reference_row['oracle_recall_reason']}" if reference_row["oracle_recall_reason"] else ""),
     ]
     notes += [
         f"{row['method']} at {row['budget']:g}%: not runnable ({row['reason']})"
@@ -651,8 +653,14 @@ def compare_step(
         console.print(note, highlight=False)
     output.mkdir(parents=True, exist_ok=True)
     compared = any(r["method"] != "full" for r in rows)
+    recalled = reference_row["oracle_recall"] is not None
     figures = (
-        [fidelity_figure(rows, budgets, output), recall_figure(rows, budgets, output)] if compared else []
+        [
+            fidelity_figure(rows, budgets, output),
+            *([recall_figure(rows, budgets, output)] if recalled else []),
+        ]
+        if compared
+        else []
     )
     document = {
         "format": "guikv-compare-step/1",
