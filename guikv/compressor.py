@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicLayer
 from guikv.attention import check_attention_module, verify_window_queries, window_queries
 from guikv.batch import left_padding, row_grids, row_positions
 from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, stored_kv_bytes
-from guikv.config import CompressionConfig
+from guikv.config import CompressionConfig, uniform_capacity
 from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
 from guikv.layout import TokenLayout, spatial_merge_size
 from guikv.methods import build_method
@@ -452,7 +452,7 @@ class _Hooks:
             scaling=getattr(prefill.attention, "scaling", None),
         )
         contexts = [
-            batch_ctx.row(row, pad, layout, max(1, int(layout.length * self.config.budget / 100)), window)
+            batch_ctx.row(row, pad, layout, uniform_capacity(layout.length, self.config.budget), window)
             for row, (pad, layout, window) in enumerate(zip(self.padding, layouts, windows, strict=False))
         ]
         if isinstance(self.method, VLCache):
