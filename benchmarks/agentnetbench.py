@@ -481,9 +481,8 @@ def summarize(
     """Aggregate per-step score fields: `overall_score` (mean step score, the benchmark's step accuracy),
     `average_trajectory_score`, `milestone_score`, per-GT-type means, alternative matches, and our
     added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`. `skipped` (the
-    ids of steps without a screenshot) does not enter the metrics: the runner reports those steps. Nor does
-    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
-    over the records."""
+    ids of steps without a screenshot) and `failed` (of steps whose generation raised, which have no
+    record here) do not enter the metrics: the runner reports those steps."""
     by_trajectory: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
     for record in records:

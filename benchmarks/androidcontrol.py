@@ -375,10 +375,9 @@ def summarize(
     truths, the same two with one trailing newline of typed text ignored
     (`step_accuracy_ignoring_newline`, `grounding_accuracy_ignoring_newline`), and accuracy per
     ground-truth type. A record written before the lenient field existed counts by its exact rule
-    there (re-score the run to fill it in). `skipped` (ids of steps without a screenshot) does not
-    enter the metrics: the runner reports those steps. Nor does
-    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
-    over the records."""
+    there (re-score the run to fill it in). `skipped` (ids of steps without a screenshot) and
+    `failed` (of steps whose generation raised, which have no record here) do not enter the
+    metrics: the runner reports those steps."""
     correct = sum(1 for r in records if r["correct"])
     lenient = sum(1 for r in records if _lenient(r))
     grounding = [r for r in records if r["grounding"]]

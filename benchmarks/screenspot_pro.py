@@ -148,9 +148,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Sample-weighted `action_acc`, `text_acc`, `icon_acc`, the wrong-format count, and accuracy by
     group (leaderboard simple), application (leaderboard detailed), platform and UI type. `skipped`
-    (ids of samples without a screenshot) does not enter the metrics: the runner reports them. Nor does
-    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
-    over the records."""
+    (ids of samples without a screenshot) and `failed` (of samples whose generation raised, which
+    have no record here) do not enter the metrics: the runner reports them."""
     text = [r for r in records if r["ui_type"] == "text"]
     icon = [r for r in records if r["ui_type"] == "icon"]
     return {

@@ -126,9 +126,8 @@ def summarize(
     """Per task text/icon/action accuracy; `overall_mean_of_means` = (mean over tasks of text accuracy
     + mean over tasks of icon accuracy) / 2, the number the original reports as overall accuracy;
     `overall_micro` = correct / total over every sample. `skipped` (ids of samples without a
-    screenshot) does not enter the metrics: the runner reports them. Nor does
-    `failed` (ids of samples whose generation raised): they have no record here, and the metrics are
-    over the records."""
+    screenshot) and `failed` (of samples whose generation raised, which have no record here) do not
+    enter the metrics: the runner reports them."""
     breakdown: dict[str, dict[str, Any]] = {}
     for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
         rows = [r for r in records if r["task"] == task]

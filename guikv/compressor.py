@@ -590,8 +590,9 @@ def compress(
     A stateful method (STaR-KV) starts from an empty state, or continues `method_state` (the
     `report.method_state` of an earlier context) when given: its prefills then see the state the
     earlier context left, as one longer context would. For a batch, pass one state per row (a list;
-    rows without one start empty). A given state is never changed: the context continues a copy,
-    `report.method_state(s)`, for the caller to adopt once its step has succeeded.
+    rows without one start empty). A given state is never changed: the context continues a copy
+    (`report.method_state`, `report.method_states` in a batch) for the caller to adopt once its
+    step has succeeded.
     """
     hooks = _Hooks(model, config, record_positions, chunked_prefill, method_state)
     handles = [

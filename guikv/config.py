@@ -41,7 +41,8 @@ def uniform_capacity(prompt_tokens: int, budget: float) -> int:
     29% of 100 tokens is 29 and 9.2% of 750 is 69. The releases compute `int(L * (b / 100))` in
     floating point, one token less where b / 100 has no exact binary form and the product is a whole
     number (29, 35, 41, 47, 57, 58, 69, 70, 82, 94% at some L); at the budgets their scripts run
-    (1, 3, 5, 10, 15, 20, 40, 80%) the two agree for every prompt length (docs/architecture.md).
+    (1, 3, 5, 10, 15, 20, 40, 80%) the two agree for every prompt length: there b / 100 is either
+    rounded up or off by less than half a unit in the last place of any product (docs/architecture.md).
     The compressor, `guikv.capacity`'s tables and the vLLM plugin's plan all take it from here.
     """
     return max(1, math.floor(Fraction(prompt_tokens) * Fraction(str(budget)) / 100))
