@@ -476,13 +476,16 @@ def score(sample: AgentNetStep, prediction: Prediction) -> dict[str, Any]:
     }
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """Aggregate per-step score fields: `overall_score` (mean step score, the benchmark's step accuracy),
     `average_trajectory_score`, `milestone_score`, per-GT-type means, alternative matches, and our
     added binary `hit_rate`, `coordinate_hit_rate` and `scroll_direction_accuracy`; each of those
     with its standard error (`benchmarks.stats`: over steps, and over trajectory means for the
-    trajectory score). `skipped` (the ids of steps without a screenshot) does not enter the
-    metrics: the runner reports those steps."""
+    trajectory score). `skipped` (the ids of steps without a screenshot) and `failed` (of steps
+    whose generation raised, which have no record here) do not enter the metrics: the runner
+    reports those steps."""
     by_trajectory: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
     for record in records:

@@ -368,14 +368,17 @@ def _lenient(record: dict[str, Any]) -> bool:
     return bool(record.get("correct_ignoring_newline", record["correct"]))
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """`step_accuracy` over all records, `grounding_accuracy` over click/long_press/type_text ground
     truths, the same two with one trailing newline of typed text ignored
     (`step_accuracy_ignoring_newline`, `grounding_accuracy_ignoring_newline`), and accuracy per
     ground-truth type. A record written before the lenient field existed counts by its exact rule
     there (re-score the run to fill it in). Each accuracy comes with its standard error
-    (`benchmarks.stats`). `skipped` (ids of steps without a screenshot) does not enter the metrics:
-    the runner reports those steps."""
+    (`benchmarks.stats`). `skipped` (ids of steps without a screenshot) and `failed` (of steps whose
+    generation raised, which have no record here) do not enter the metrics: the runner reports
+    those steps."""
     grounding = [r for r in records if r["grounding"]]
     per_type: dict[str, Tally] = {}
     for record in records:

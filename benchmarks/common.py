@@ -81,8 +81,10 @@ class BenchmarkSpec:
 
     `load(data_dir, images_dir, split=None, limit=None, **options) -> LoadResult`,
     `score(sample, prediction, ...) -> dict` (JSON-ready score fields for one sample; `prediction` is
-    every action parsed from the output, see `Prediction`), `summarize(records, skipped=()) -> dict`
-    (from score fields only, plus the ids of the samples the loader skipped),
+    every action parsed from the output, see `Prediction`), `summarize(records, skipped=(),
+    failed=()) -> dict` (from score fields only, plus the ids of the samples the loader skipped and
+    of the samples whose generation failed, which have no record; Mind2Web needs both to pad each
+    task to its `total_steps`),
     `ground_truth_action(sample, ...) -> Action` (the oracle). `metric_columns` are the summary keys
     a results table shows, best first. `splits` lists the fixed split names (ScreenSpot-Pro also
     accepts the stem of any of its annotation files).

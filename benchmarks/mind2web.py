@@ -334,11 +334,11 @@ def score(sample: Mind2WebSample, prediction: Prediction, block: int = 0) -> dic
     }
 
 
-def skipped_tasks(skipped: Sequence[str]) -> dict[str, Counter[str]]:
-    """Per split, the number of skipped steps of each task, from skipped sample ids
+def steps_per_task(sample_ids: Sequence[str]) -> dict[str, Counter[str]]:
+    """Per split, how many of the given steps each task has, from sample ids
     (`<split>/<annotation_id>/<action_uid>`, as `Mind2WebSample.sample_id` writes them)."""
     tasks: dict[str, Counter[str]] = defaultdict(Counter)
-    for sample_id in skipped:
+    for sample_id in sample_ids:
         split, rest = sample_id.split("/", 1)
         tasks[split][rest.rsplit("/", 1)[0]] += 1
     return tasks
@@ -349,11 +349,15 @@ def _task_means(series: dict[str, list[float]]) -> list[float]:
     return [sum(values) / len(values) for values in series.values() if values]
 
 
-def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict[str, Any]:
+def _split_summary(
+    records: list[dict[str, Any]], skipped: Counter[str], failed: Counter[str]
+) -> dict[str, Any]:
     """Macro (per task, then over tasks) and micro averages of one split, with each task padded with
     zeros up to its `total_steps` (steps skipped for missing screenshots count as wrong). A task none
     of whose steps was scored (every one skipped, `skipped` gives how many) counts too, all its steps
-    wrong; it is also reported on its own, with the macro averages over the other tasks beside. The
+    wrong; it is also reported on its own, with the macro averages over the other tasks beside.
+    Steps whose generation failed (`failed` gives how many per task) are not scored, so they are
+    neither counted nor padded: a task's total is its `total_steps` less its failed steps. The
     macro averages come with their standard errors over the task means (`benchmarks.stats`)."""
     element: dict[str, list[float]] = defaultdict(list)
     f1: dict[str, list[float]] = defaultdict(list)
@@ -370,7 +374,7 @@ def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict
     totals.update(absent)
     padded = 0
     for task, total in totals.items():
-        missing = max(0, total - len(step[task]))
+        missing = max(0, total - len(step[task]) - failed[task])
         padded += missing
         for series in (element, f1, step):
             series[task].extend([0.0] * missing)
@@ -393,20 +397,29 @@ def _split_summary(records: list[dict[str, Any]], skipped: Counter[str]) -> dict
         },
         "scored_steps": len(records),
         "padded_steps": padded,
+        "failed_steps": sum(failed.values()),
         "error_ratio": {k: errors[k] / len(totals) for k in ("0", "1", "2", "3", ">3") if k in errors},
     }
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """Per split macro element accuracy, operation F1 and step accuracy (each split on its own, B8),
     and the overall numbers as the unweighted mean over the splits present, each with its standard
     error (the splits combined as independent strata, `benchmarks.stats`). `skipped` holds the ids
     of samples skipped for a missing `0.png`: a task with every step skipped counts as all wrong,
     like a task with some steps skipped, and `wholly_skipped_tasks` / `without_wholly_skipped_tasks`
-    say how many there were and what the averages are without them."""
-    absent = skipped_tasks(skipped)
+    say how many there were and what the averages are without them. `failed` holds the ids of
+    samples whose generation raised: they are not scored, so their tasks are not padded for them
+    (the runner's `metrics_failures_as_wrong` passes them as unparsed records instead)."""
+    absent, unscored = steps_per_task(skipped), steps_per_task(failed)
     splits = {
-        name: _split_summary([r for r in records if r["split"] == name], absent.get(name, Counter()))
+        name: _split_summary(
+            [r for r in records if r["split"] == name],
+            absent.get(name, Counter()),
+            unscored.get(name, Counter()),
+        )
         for name in SPLITS
         if any(r["split"] == name for r in records) or absent.get(name)
     }

@@ -564,7 +564,7 @@ def build_summary(
         "budget": settings["budget"],
         "config": dict(settings),
         "metric_columns": list(spec.metric_columns),
-        "metrics": spec.summarize(scored, skipped_ids),
+        "metrics": spec.summarize(scored, skipped_ids, [record["sample_id"] for record in failed]),
         "savings": savings(records),
         "samples_scored": len(scored),
         "samples_skipped": len(skipped),

@@ -143,11 +143,14 @@ def score(sample: ScreenSpotProSample, prediction: Prediction) -> dict[str, Any]
     }
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """Sample-weighted `action_acc`, `text_acc`, `icon_acc`, the wrong-format count, and accuracy by
     group (leaderboard simple), application (leaderboard detailed), platform and UI type; the three
     accuracies with their standard errors (`benchmarks.stats`). `skipped` (ids of samples without a
-    screenshot) does not enter the metrics: the runner reports them."""
+    screenshot) and `failed` (of samples whose generation raised, which have no record here) do not
+    enter the metrics: the runner reports them."""
     text = [r for r in records if r["ui_type"] == "text"]
     icon = [r for r in records if r["ui_type"] == "icon"]
     return {

@@ -129,13 +129,16 @@ def _mean_over_tasks(breakdown: dict[str, dict[str, Any]], metric: str) -> tuple
     )
 
 
-def summarize(records: list[dict[str, Any]], skipped: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], skipped: Sequence[str] = (), failed: Sequence[str] = ()
+) -> dict[str, Any]:
     """Per task text/icon/action accuracy; `overall_mean_of_means` = (mean over tasks of text accuracy
     + mean over tasks of icon accuracy) / 2, the number the original reports as overall accuracy;
     `overall_micro` = correct / total over every sample. Each accuracy comes with its standard
     error (`benchmarks.stats`): over samples within a task, and combined over the tasks and the
     text/icon halves as independent strata for the means of means. `skipped` (ids of samples
-    without a screenshot) does not enter the metrics: the runner reports them."""
+    without a screenshot) and `failed` (of samples whose generation raised, which have no record
+    here) do not enter the metrics: the runner reports them."""
     breakdown: dict[str, dict[str, Any]] = {}
     for task in [t for t in TASKS if any(r["task"] == t for r in records)]:
         rows = [r for r in records if r["task"] == task]

@@ -68,6 +68,7 @@ def fidelity_row(fidelity: Fidelity) -> dict[str, Any]:
         "kl_first_decode_step": fidelity.kl,
         "oracle_recall": fidelity.recall,
         "oracle_recall_per_layer": fidelity.recall_per_layer,
+        "oracle_recall_reason": fidelity.recall_reason,
         "action": fidelity.action,
         "action_match": fidelity.action_match,
         "kept_per_layer": result.kept_per_layer,

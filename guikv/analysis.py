@@ -49,7 +49,7 @@ from guikv.config import CompressionConfig
 from guikv.hooks import LayerForward, attention_hooks
 from guikv.layout import TokenLayout
 from guikv.models.adapters import adapter_for, text_config
-from guikv.recall import oracle_recall
+from guikv.recall import NO_DECODE_STEP, oracle_recall
 from guikv.step import StepResult, run_step
 
 KINDS: tuple[str, ...] = ("text", "previous", "current")
@@ -507,7 +507,8 @@ class Fidelity:
     `exact_match` whether the texts are equal, `kl` KL(full || this) of the first decoding step's
     next-token distribution (None when either run stopped after one token), `action_match` whether
     the first parsed actions are equal, `recall_per_layer` the oracle recall of each layer (mean
-    over KV heads; only when `compare_methods` was asked for it).
+    over KV heads; only when `compare_methods` was asked for it), `recall_reason` why recall was
+    asked for but has no value (`guikv.recall.NO_DECODE_STEP`).
     """
 
     method: str
@@ -522,6 +523,7 @@ class Fidelity:
     action_match: bool | None = None
     action: str | None = None
     recall_per_layer: list[float] | None = None
+    recall_reason: str | None = None
 
     @property
     def runnable(self) -> bool:
@@ -591,7 +593,9 @@ def iter_compare_methods(
 
     With `recall=True` every run also gets its oracle recall (`Fidelity.recall_per_layer`): one more
     full-cache run, untimed so the reference's decode times stay clean, collects the decode steps'
-    attention mass, and each run's kept positions are measured against it (then dropped).
+    attention mass, and each run's kept positions are measured against it (then dropped). When the
+    full-cache answer is one token there is no decode step to measure: every run's recall is None
+    and its `recall_reason` says why.
     """
     base_fields = (base or CompressionConfig()).to_dict()
 
@@ -611,7 +615,10 @@ def iter_compare_methods(
         config = CompressionConfig(**{**base_fields, "method": "full", "budget": 100.0})
         oracle = run_step(model, processor, messages, config, max_new_tokens=max_new_tokens, oracle_mass=True)
         mass = oracle.oracle_mass
-        reference.recall_per_layer = oracle_recall(reference.result.kept_positions, mass)
+        if mass is None:
+            reference.recall_reason = NO_DECODE_STEP
+        else:
+            reference.recall_per_layer = oracle_recall(reference.result.kept_positions, mass)
         reference.result.kept_positions.clear()
     reference_key = action_key(reference.result.text) if action_key else None
     if reference_key:
@@ -626,11 +633,15 @@ def iter_compare_methods(
                 tokens=reference.tokens,
                 decode_logits=reference.decode_logits,
                 recall_per_layer=reference.recall_per_layer,
+                recall_reason=reference.recall_reason,
             )
         else:
             fidelity = run(method, budget)
-            if mass is not None and fidelity.result is not None:
-                fidelity.recall_per_layer = oracle_recall(fidelity.result.kept_positions, mass)
+            if fidelity.result is not None and recall:
+                if mass is None:
+                    fidelity.recall_reason = NO_DECODE_STEP
+                else:
+                    fidelity.recall_per_layer = oracle_recall(fidelity.result.kept_positions, mass)
                 fidelity.result.kept_positions.clear()
         if fidelity.result is not None:
             fidelity.agreement = token_agreement(reference.tokens, fidelity.tokens)

@@ -4,7 +4,8 @@ the KV memory compression frees into batch size.
 Arithmetic only, from a `ModelShape` and stated assumptions (`GpuMemory`): the memory left after
 the weights, a headroom for activations and the prefill of the prompt being admitted (its whole
 uncompressed cache, before its cut) is divided by one sequence's KV cache: its kept prompt tokens
-(`max(1, int(L · b / 100))` per layer, the compressor's capacity rule) plus the tokens it generates.
+(`guikv.config.uniform_capacity` per layer, the compressor's capacity rule) plus the tokens it
+generates.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from guikv.agents.resize import IMAGE_FACTOR, model_image_size
+from guikv.config import uniform_capacity
 from guikv.flops import ModelShape, kv_cache_bytes
 
 GIB = 2**30
@@ -91,17 +93,14 @@ class CapacityRow:
     largest_batch: int
 
 
-def kept_tokens(prompt_tokens: int, budget: float) -> int:
-    """Prompt tokens one layer keeps at `budget` percent: the compressor's `max(1, int(L · b / 100))`."""
-    return max(1, int(prompt_tokens * budget / 100))
-
-
 def sequence_kv_bytes(
     shape: ModelShape, prompt_tokens: int, budget: float, new_tokens: int, dtype: torch.dtype
 ) -> int:
     """KV bytes of one sequence at `budget` percent: its kept prompt tokens plus `new_tokens`
     generated, in every layer."""
-    return kv_cache_bytes(shape, [kept_tokens(prompt_tokens, budget) + new_tokens] * shape.num_layers, dtype)
+    return kv_cache_bytes(
+        shape, [uniform_capacity(prompt_tokens, budget) + new_tokens] * shape.num_layers, dtype
+    )
 
 
 def kv_memory_bytes(memory: GpuMemory, shape: ModelShape, prompt_tokens: int, dtype: torch.dtype) -> int:
@@ -133,6 +132,6 @@ def capacity_table(
     for budget in budgets:
         per_sequence = sequence_kv_bytes(shape, prompt_tokens, budget, new_tokens, dtype)
         rows.append(
-            CapacityRow(budget, kept_tokens(prompt_tokens, budget), per_sequence, free // per_sequence)
+            CapacityRow(budget, uniform_capacity(prompt_tokens, budget), per_sequence, free // per_sequence)
         )
     return rows

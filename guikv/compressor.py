@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicLayer
 from guikv.attention import check_attention_module, verify_window_queries, window_queries
 from guikv.batch import left_padding, row_grids, row_positions
 from guikv.cache import CutLayer, cut_rows, fit_mask, kv_bytes, mask_fitting, share_cache, stored_kv_bytes
-from guikv.config import CompressionConfig
+from guikv.config import CompressionConfig, uniform_capacity
 from guikv.hooks import LayerForward, attention_hooks, cache_argument, output_cache
 from guikv.layout import TokenLayout, spatial_merge_size
 from guikv.methods import build_method
@@ -452,7 +452,7 @@ class _Hooks:
             scaling=getattr(prefill.attention, "scaling", None),
         )
         contexts = [
-            batch_ctx.row(row, pad, layout, max(1, int(layout.length * self.config.budget / 100)), window)
+            batch_ctx.row(row, pad, layout, uniform_capacity(layout.length, self.config.budget), window)
             for row, (pad, layout, window) in enumerate(zip(self.padding, layouts, windows, strict=False))
         ]
         if isinstance(self.method, VLCache):
@@ -591,7 +591,9 @@ def compress(
     A stateful method (STaR-KV) starts from an empty state, or continues `method_state` (the
     `report.method_state` of an earlier context) when given: its prefills then see the state the
     earlier context left, as one longer context would. For a batch, pass one state per row (a list;
-    rows without one start empty). The state is updated in place.
+    rows without one start empty). A given state is never changed: the context continues a copy
+    (`report.method_state`, `report.method_states` in a batch) for the caller to adopt once its
+    step has succeeded.
     """
     hooks = _Hooks(model, config, record_positions, chunked_prefill, method_state)
     handles = [

@@ -6,8 +6,10 @@ and read back to reproduce them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,21 @@ POOLINGS = ("avgpool", "maxpool")
 HEAD_AGGREGATIONS = ("mean", "max")
 SUBSPACES = ("qr", "svd")
 ST_LITE_VARIANTS = ("code", "paper")
+
+
+def uniform_capacity(prompt_tokens: int, budget: float) -> int:
+    """The per-layer capacity every method starts from: how many of a `prompt_tokens`-token prompt's
+    positions a layer keeps at `budget` percent, observation window included (at least 1).
+
+    C = floor(L * b / 100), computed exactly on the budget as written (its shortest decimal form), so
+    29% of 100 tokens is 29 and 9.2% of 750 is 69. The releases compute `int(L * (b / 100))` in
+    floating point, one token less where b / 100 has no exact binary form and the product is a whole
+    number (29, 35, 41, 47, 57, 58, 69, 70, 82, 94% at some L); at the budgets their scripts run
+    (1, 3, 5, 10, 15, 20, 40, 80%) the two agree for every prompt length: there b / 100 is either
+    rounded up or off by less than half a unit in the last place of any product (docs/architecture.md).
+    The compressor, `guikv.capacity`'s tables and the vLLM plugin's plan all take it from here.
+    """
+    return max(1, math.floor(Fraction(prompt_tokens) * Fraction(str(budget)) / 100))
 
 
 def _fail(field: str, value: object, expected: str) -> None:

@@ -11,6 +11,10 @@ For one layer and KV head, the oracle set at capacity C is the C prompt position
 mass; a method that kept C positions there has oracle recall |kept ∩ oracle| / C. The method's own
 kept count per layer is its capacity there, so layer-varying budgets (PyramidKV, VL-Cache) are
 measured against an oracle of the same size.
+
+An answer of one token has no decode step: its token comes from the prefill, which every method
+computes on the whole prompt, so no position was needed from the cache and recall is undefined
+(`OracleMassProbe.mass()` is None, `NO_DECODE_STEP` says why), not a number.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from torch.utils.hooks import RemovableHandle
 from guikv.attention import iter_window_probs, window_queries
 from guikv.cache import physical_length
 from guikv.hooks import cache_argument
+
+NO_DECODE_STEP = (
+    "undefined: the full-cache answer is one token, which the prefill computes on the whole prompt "
+    "under every method, so no decode step read the cache"
+)
+"""Why oracle recall has no value when the full-cache run decoded no step after its first token."""
 
 
 class OracleMassProbe:
@@ -88,19 +98,18 @@ class OracleMassProbe:
         self.sums[index] = step_mass if total is None else total.add_(step_mass)
         self.steps[index] += 1
 
-    def mass(self) -> torch.Tensor:
-        """The accumulated mass, [layers, H_kv, L] in fp32 on the CPU (zeros for a layer that saw no
-        decode step, e.g. when generation stopped after one token)."""
+    def mass(self) -> torch.Tensor | None:
+        """The accumulated mass, [layers, H_kv, L] in fp32 on the CPU; None when generation stopped
+        after its first token, so that no decode step read the cache (`NO_DECODE_STEP`)."""
         if self.prompt_length is None:
             raise RuntimeError("oracle mass: no prefill was seen, so there is no prompt to measure")
-        present = next((total for total in self.sums if total is not None), None)
-        kv_heads = 1 if present is None else present.shape[0]
-        return torch.stack(
-            [
-                torch.zeros(kv_heads, self.prompt_length) if total is None else total.float().cpu()
-                for total in self.sums
-            ]
-        )
+        if not any(self.steps):
+            return None
+        if len(set(self.steps)) > 1:
+            raise RuntimeError(
+                f"oracle mass: the layers saw different numbers of decode steps ({self.steps})"
+            )
+        return torch.stack([total.float().cpu() for total in self.sums if total is not None])
 
 
 def oracle_sets(mass: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -188,8 +188,9 @@ def run_step(
     equal to what that conversation gives alone; see `run_steps`).
 
     With `oracle_mass=True` (on a full cache, one conversation) the result also carries the decode
-    steps' attention mass on each prompt position, [layers, H_kv, L] (`guikv.recall`); the probe's
-    work then counts in the decode times, so time steps without it.
+    steps' attention mass on each prompt position, [layers, H_kv, L] (`guikv.recall`; None when the
+    answer is one token, so no decode step ran); the probe's work then counts in the decode times,
+    so time steps without it.
 
     A stateful method (STaR-KV) continues `method_state` (an earlier step's `result.method_state`;
     for a batch, a list with one per conversation) when given, else starts empty; the result's
@@ -197,6 +198,9 @@ def run_step(
 
     `progress`, when given, is told each phase as it starts and each decoded token (`StepProgress`),
     e.g. for a status line while a large model works; it runs between the timed forwards.
+
+    `method_state` itself is never changed, so a step that raises (out of memory in a batch's decode,
+    after every row's prefill) can be run again from the same state.
     """
     batched = bool(messages) and not isinstance(messages[0], Mapping)
     conversations = list(messages) if batched else [messages]

@@ -295,7 +295,8 @@ def compare_step(
     notes = [
         f"full-cache output: {reference['text']!r} (action: {reference['action']})",
         "oracle recall: the share of the prompt positions the full cache's decode steps attended most "
-        "(top C per layer and KV head, C = the method's kept count there) that the method kept",
+        "(top C per layer and KV head, C = the method's kept count there) that the method kept"
+        + (f"; {reference['oracle_recall_reason']}" if reference.get("oracle_recall_reason") else ""),
     ]
     notes += [
         f"{row['method']} at {row['budget']:g}%: not runnable ({row['reason']})"
@@ -307,10 +308,9 @@ def compare_step(
     knobs = changed_knobs(base.to_dict())
     figures = []
     if results:
-        figures = [
-            fidelity_figure(rows_shown, budgets, output, knobs),
-            recall_figure(rows_shown, budgets, output, knobs),
-        ]
+        figures = [fidelity_figure(rows_shown, budgets, output, knobs)]
+        if reference["oracle_recall"] is not None:
+            figures.append(recall_figure(rows_shown, budgets, output, knobs))
     write_json(
         path,
         comparison_document(

@@ -58,6 +58,49 @@ def tiny_eager(tiny_dir: Path) -> tuple:
 
 
 @pytest.fixture(scope="session")
+def tiny64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The head_dim-64 tiny Qwen2.5-VL (`build_tiny_head_dim_64`: GUI-KV's rank 32 below head_dim,
+    scores that are not rounding noise), built once per test session."""
+    from guikv.models import build_tiny_head_dim_64
+
+    return build_tiny_head_dim_64(tmp_path_factory.mktemp("tiny64-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny64_sdpa(tiny64_dir: Path) -> tuple:
+    """(model, processor) of the head_dim-64 tiny model, sdpa attention."""
+    from guikv.models import load
+
+    return load(str(tiny64_dir), attn_implementation="sdpa", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny64_eager(tiny64_dir: Path) -> tuple:
+    """The head_dim-64 tiny model with eager attention."""
+    from guikv.models import load
+
+    return load(str(tiny64_dir), attn_implementation="eager", device="cpu")
+
+
+TINY_64_METHODS = frozenset({"gui_kv"})
+"""Methods whose tiny-model tests run on the head_dim-64 model: GUI-KV's temporal step projects
+earlier screenshots' keys on a rank-32 subspace, which at head_dim 16 is the whole key space (every
+residual rounding noise, ~1e-7, so the step would sort noise)."""
+
+
+@pytest.fixture
+def tiny_for(request: pytest.FixtureRequest) -> Callable[[str, str], tuple]:
+    """`tiny_for(method, attention)`: the (model, processor) a test of `method` runs on: the
+    head_dim-64 tiny model for `TINY_64_METHODS`, the head_dim-16 one otherwise."""
+
+    def get(method: str, attention: str = "sdpa") -> tuple:
+        shape = "tiny64" if method in TINY_64_METHODS else "tiny"
+        return request.getfixturevalue(f"{shape}_{attention}")
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def make_inputs() -> Callable:
     """A factory of processor inputs for `count` real desktop screenshots (downscaled to keep
     prompts short), the last one the current screenshot, followed by a task text."""

@@ -142,6 +142,18 @@ def test_parse_sections_and_code() -> None:
     assert click.raw == OUTPUT
 
 
+def test_full_width_section_colons_are_read_like_ascii_ones() -> None:
+    """`## Thought：`, `## Action：`, `## Code：` (full-width colons, as Chinese-mode outputs write
+    them): the same thought, step description and code as the ASCII headers give."""
+    text = OUTPUT.replace("Thought:", "Thought：").replace("Action:", "Action：").replace("Code:", "Code：")
+    assert text != OUTPUT
+    expected = opencua.parse(OUTPUT, SIZE)
+    parsed = opencua.parse(text, SIZE)
+    assert [(a.type, a.point, a.text, a.thought, a.extra) for a in parsed] == [
+        (a.type, a.point, a.text, a.thought, a.extra) for a in expected
+    ]
+
+
 def test_coordinates_are_normalised_by_the_smart_resized_fixture_size(fixtures_dir: Path) -> None:
     for path in _fixture_images(fixtures_dir):
         with Image.open(path) as image:

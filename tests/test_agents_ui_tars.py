@@ -204,7 +204,12 @@ def test_web_messages() -> None:
     messages = ui_tars.web_messages("Buy shoes", "page.png", ["[textbox] Search -> TYPE: shoes"])
     assert messages[0]["role"] == "system"
     text = messages[1]["content"][1]["text"]
-    for call in ("type(content=", "scroll(point=", "select(point=", "click(point="):
+    for call in (
+        "type(point='<point>x1 y1</point>', content=",
+        "scroll(point=",
+        "select(point=",
+        "click(point=",
+    ):
         assert call in text
     assert "DO NOT `click` ON search box" in text
     assert "## Previous Actions\n[textbox] Search -> TYPE: shoes\n" in text
@@ -399,6 +404,7 @@ def _ui_tars_actions() -> st.SearchStrategy[Action]:
         st.builds(Action, type=st.just(ActionType.DRAG), point=_points, end_point=_points, thought=_thoughts),
         st.builds(Action, type=st.sampled_from([ActionType.HOTKEY, ActionType.PRESS]), keys=_keys),
         st.builds(Action, type=st.just(ActionType.TYPE), text=_texts, thought=_thoughts),
+        st.builds(Action, type=st.just(ActionType.TYPE), point=_points, text=_texts),
         st.builds(
             Action,
             type=st.just(ActionType.SCROLL),
@@ -435,14 +441,34 @@ def test_format_action_text_shape() -> None:
     assert "direction='down'" in ui_tars.format_action(scroll, SIZE)
 
 
-def test_a_type_with_a_point_is_written_click_then_type() -> None:
-    """UI-TARS's `type` takes no point: typing into an element is `click(point)` then `type(content)`."""
+def test_a_type_with_a_point_is_written_in_the_web_prompts_form() -> None:
+    """Typing into an element is one `type(point=..., content=...)`, as the web prompt asks."""
     typed = Action(ActionType.TYPE, point=(0.5, 0.5), text="123456")
     text = ui_tars.format_action(typed, SIZE)
-    assert text == "Action: click(point='<point>644 364</point>')\n\ntype(content='123456')"
-    click, again = ui_tars.parse(text, SIZE)
-    assert (click.type, click.point) == (ActionType.CLICK, (0.5, 0.5))
-    assert (again.type, again.point, again.text) == (ActionType.TYPE, None, "123456")
+    assert text == "Action: type(point='<point>644 364</point>', content='123456')"
+    assert text.removeprefix("Action: ").split("(")[0] + "(point='<point>" in ui_tars.WEB_PROMPT
+    [again] = ui_tars.parse(text, SIZE)
+    assert (again.type, again.point, again.text) == (ActionType.TYPE, (0.5, 0.5), "123456")
+
+
+@pytest.mark.parametrize(
+    ("text", "thought"),
+    [
+        (
+            "Thought：点击搜索框。\nAction：type(point='<point>644 364</point>', content='123456')",
+            "点击搜索框。",
+        ),
+        ("Thought: Type it.\nAction: type(text='123456', start_box='(644,364)')", "Type it."),
+        ("Action: type(content='123456', start_box='<|box_start|>(644,364)<|box_end|>')", ""),
+        ("Thought: Type it. Action：type(text='123456', start_box='(644,364)')", "Type it."),
+    ],
+)
+def test_full_width_colons_and_the_older_type_spellings_parse(text: str, thought: str) -> None:
+    """`Action：` / `Thought：` (full-width colons, as Chinese-mode outputs write them) and the older
+    `type(text='...', start_box='...')` read as the same typed text at the same point."""
+    [action] = ui_tars.parse(text, SIZE)
+    assert (action.type, action.text, action.thought) == (ActionType.TYPE, "123456", thought)
+    assert action.point == pytest.approx((644 / FRAME[0], 364 / FRAME[1]))
 
 
 def test_format_unparsed_returns_raw_and_missing_point_raises() -> None:

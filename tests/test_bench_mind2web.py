@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import mind2web as m2w
 from benchmarks.common import DataError
+from guikv.agents import ui_tars
 from guikv.agents.action import Action, ActionType
 from guikv.agents.family import FAMILIES
 from guikv.errors import UserInputError
@@ -332,6 +333,20 @@ def test_click_then_write_is_a_type_at_the_click_for_both_families(data_dir: Pat
             assert record["step_correct"], (family, output, record)
     action = m2w.web_action(FAMILIES["opencua"].parse(answers["opencua"][0], BLOCK))
     assert action.type is ActionType.TYPE and action.text == "123456"
+
+
+def test_an_answer_in_the_web_prompts_own_type_form_can_be_step_correct(
+    data_dir: Path, images_dir: Path
+) -> None:
+    """Prompt and metric agree (issue 16): the UI-TARS web prompt's `type` line, filled in with a
+    point inside the target textbox and the value, is a step-correct TYPE. (The original's line,
+    `type(content='xxx')`, named no point, so an answer that followed it could not be.)"""
+    typed = m2w.load(data_dir, images_dir, "cross_domain").samples[1]  # TYPE 123456
+    [line] = [line for line in ui_tars.WEB_PROMPT.splitlines() if line.startswith("- type(")]
+    call = line.removeprefix("- ").split(" #")[0].replace("x1 y1", "200 343").replace("xxx", "123456")
+    answer = f"Thought: Type the zip code.\nAction: {call}"
+    record = m2w.score(typed, FAMILIES["ui-tars"].parse(answer, BLOCK))
+    assert record["element_correct"] and record["step_correct"], (call, record)
 
 
 def test_a_type_without_a_point_earns_no_element_credit(data_dir: Path, images_dir: Path) -> None:

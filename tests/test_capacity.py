@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from test_engine_trust import text_model
 
 from benchmarks import capacity, speed, throughput
 from benchmarks.flags import run_script
@@ -15,12 +16,14 @@ from guikv.capacity import (
     UI_TARS_15_7B,
     GpuMemory,
     capacity_table,
-    kept_tokens,
     language_model_parameters,
     screenshot_tokens,
 )
+from guikv.compressor import compress
+from guikv.config import CompressionConfig, uniform_capacity
 from guikv.flops import ModelShape, kv_cache_bytes
 from guikv.models.inputs import qwen_inputs
+from guikv.vllm.plan import plan_request
 
 SMALL = ModelShape(
     num_layers=2, hidden_size=8, num_heads=2, num_kv_heads=1, head_dim=4, intermediate_size=16, vocab_size=10
@@ -47,11 +50,52 @@ def test_capacity_refuses_a_gpu_the_weights_fill():
         capacity_table(memory, SMALL, prompt_tokens=1000, budgets=[10], new_tokens=0)
 
 
-def test_kept_tokens_follow_the_compressor_capacity_rule():
-    assert kept_tokens(14705, 10) == 1470
-    assert kept_tokens(14705, 1) == 147
-    assert kept_tokens(50, 1) == 1
-    assert kept_tokens(14705, 100) == 14705
+RELEASE_BUDGETS = (1, 3, 5, 10, 15, 20, 40, 80)
+"""The budgets the releases' evaluation scripts run (GUI-KV's `kv_cache_budgets`)."""
+
+
+def release_capacity(prompt_tokens: int, budget: float) -> int:
+    """The releases' capacity, `int(L * (budget / 100))` in floating point (with our floor of 1)."""
+    return max(1, int(prompt_tokens * (budget / 100)))
+
+
+def test_uniform_capacity_is_the_exact_floor_of_the_budget_share():
+    assert uniform_capacity(14705, 10) == 1470
+    assert uniform_capacity(14705, 1) == 147
+    assert uniform_capacity(50, 1) == 1
+    assert uniform_capacity(14705, 100) == 14705
+    assert uniform_capacity(1000, 0.05) == 1  # at least one position
+    assert (uniform_capacity(100, 29), release_capacity(100, 29)) == (29, 28)
+    assert (uniform_capacity(750, 9.2), int(750 * 9.2 / 100)) == (69, 68)  # our old rule, off by one too
+    whole_budgets = {
+        budget
+        for budget in range(1, 100)
+        for length in range(1, 5001)
+        if uniform_capacity(length, budget) != release_capacity(length, budget)
+    }
+    assert whole_budgets == {29, 35, 41, 47, 57, 58, 69, 70, 82, 94}
+
+
+def test_uniform_capacity_matches_the_releases_at_every_budget_they_run():
+    for budget in RELEASE_BUDGETS:
+        assert all(
+            uniform_capacity(length, budget) == release_capacity(length, budget) for length in range(1, 20001)
+        ), budget
+
+
+def test_every_capacity_consumer_takes_the_exact_rule():
+    """The compressor, the capacity table and the vLLM plan keep what `uniform_capacity` says: 69 of
+    750 tokens at 9.2%, where floating point (our old rule, and the releases') keeps 68."""
+    model = text_model()
+    ids = torch.randint(0, 96, (1, 750), generator=torch.Generator().manual_seed(0))
+    config = CompressionConfig(method="snapkv", budget=9.2)
+    with torch.no_grad(), compress(model, config) as report:
+        model(input_ids=ids, use_cache=True)
+    assert report.kept_per_layer == [69] * model.config.num_hidden_layers
+    memory = GpuMemory(total_bytes=10**9, usable_fraction=1.0, weights_bytes=0, activation_bytes=0)
+    [row] = capacity_table(memory, SMALL, prompt_tokens=750, budgets=[9.2], new_tokens=0)
+    assert row.kept_tokens == 69
+    assert plan_request(ids[0].tolist(), config, []).kept == 69
 
 
 def test_ui_tars_7b_parameters_and_kv_bytes():

@@ -92,6 +92,27 @@ def test_screenshot_form_reports_fidelity_costs_and_unrunnable_budgets(
     assert page.count("data:image/png;base64,") == 2 and "oracle recall" in page
 
 
+def test_a_one_token_answer_reports_recall_as_undefined_with_the_reason(
+    tmp_path: Path, tiny_dir: Path, screenshot: Path
+):
+    """With one generated token nothing was decoded from the cache: recall is null with a reason in
+    compare.json and on stdout, the recall figure is left out, and nothing crashes."""
+    done = run_cli(
+        "compare", screenshot, "--task", "Open the settings menu", "--model", tiny_dir,
+        "--methods", "full,snapkv", "--budgets", "50", "--max-new-tokens", "1",
+        "--output", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "undefined: the full-cache answer is one token" in done.stdout
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    for row in (document["reference"], *document["results"]):
+        assert row["generated_tokens"] == 1
+        assert row["oracle_recall"] is None and row["oracle_recall_per_layer"] is None
+        assert row["oracle_recall_reason"].startswith("undefined: the full-cache answer is one token")
+    assert document["figures"] == ["fidelity_vs_budget.png"]
+
+
 def test_run_form_through_the_subprocess(tmp_path: Path):
     write_run(tmp_path / "runs", "snapkv", 10, 0.4)
     write_run(tmp_path / "runs", "gui_kv", 10, 0.5)

@@ -12,6 +12,7 @@ from guikv import METHODS, CompressionConfig, TokenLayout, compress, select_toke
 from guikv.layout import grids_from_positions, grids_from_thw, spatial_merge_size
 from guikv.methods.gui_kv import projection_residuals, redundant_positions, spatial_saliency
 from guikv.methods.vlcache import allocate_budgets
+from guikv.models import adapter_for
 
 
 def random_layer(
@@ -78,6 +79,65 @@ def test_gui_kv_without_gqa_equals_the_spec_per_head_algorithm():
             rank=4,
         )
         assert torch.equal(ours, spec_gui_kv(q, k, x, spans, capacity, rank=4))
+
+
+def relative_residuals(model, inputs, rank: int = 32) -> list[torch.Tensor]:
+    """Per layer, each earlier-screenshot key's residual outside the current screenshot's rank-`rank`
+    key subspace, relative to the key's norm (what GUI-KV's temporal step sorts), from a prefill."""
+    with torch.no_grad():
+        cache = model(**inputs, use_cache=True).past_key_values
+    ids = adapter_for(model).image_token_ids(model.config)
+    layout = TokenLayout.from_input_ids(inputs["input_ids"][0], ids)
+    relative = []
+    for layer in cache.layers:
+        residuals, positions = projection_residuals(layer.keys, layout.current, layout.previous, rank)
+        relative.append(residuals / layer.keys.float()[:, :, positions].norm(dim=-1))
+    return relative
+
+
+def test_gui_kv_temporal_residuals_are_real_on_the_head_dim_64_tiny_model_and_noise_at_16(
+    tiny_sdpa, tiny64_sdpa, make_inputs
+):
+    """Why GUI-KV's engine tests run on the head_dim-64 tiny model: at head_dim 16 the rank-32
+    subspace is the whole key space and every residual is rounding noise; at 64 the residuals are
+    far above float eps, and the temporal step decides kept positions (a rank that spans the whole
+    key space, i.e. a temporal step sorting noise, keeps other positions)."""
+    inputs = make_inputs(tiny_sdpa[1], 2)
+    assert max(float(layer.max()) for layer in relative_residuals(tiny_sdpa[0], inputs)) < 1e-5
+    model, _ = tiny64_sdpa
+    assert min(float(layer.min()) for layer in relative_residuals(model, inputs)) > 0.1
+    head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
+    kept = {}
+    for rank in (32, head_dim):
+        config = CompressionConfig(method="gui_kv", budget=20, rank=rank)
+        with compress(model, config, record_positions=True) as report:
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        kept[rank] = report.kept_positions
+    assert any(not torch.equal(a, b) for a, b in zip(kept[32], kept[head_dim], strict=True))
+
+
+def test_gui_kv_temporal_residuals_move_with_rounding_level_changes_of_the_keys(tiny64_sdpa, make_inputs):
+    """Why GUI-KV alone keeps slightly different positions in a padded batch or a chunked prefill
+    (`kept_checks.ROUNDING_SENSITIVE`): the current screenshot's first 32 keys, whose span is the
+    subspace (QR without pivoting, as released), are numerically dependent on a screenshot with a
+    uniform top (smallest singular value below 1e-6 of the largest), so multiplying the keys by
+    1 + 1e-6 noise (rounding level) moves some residual by over 5% of its key's norm."""
+    model, processor = tiny64_sdpa
+    inputs = make_inputs(processor, 2)
+    with torch.no_grad():
+        cache = model(**inputs, use_cache=True).past_key_values
+    image_tokens = adapter_for(model).image_token_ids(model.config)
+    layout = TokenLayout.from_input_ids(inputs["input_ids"][0], image_tokens)
+    start = layout.current[0]
+    generator = torch.Generator().manual_seed(0)
+    for layer in cache.layers:
+        keys = layer.keys.float()
+        singular = torch.linalg.svdvals(keys[0, :, start : start + 32])
+        assert (singular[:, -1] / singular[:, 0]).max() < 1e-6
+        nudged = keys * (1 + 1e-6 * torch.randn(keys.shape, generator=generator))
+        residuals, positions = projection_residuals(keys, layout.current, layout.previous, 32)
+        moved, _ = projection_residuals(nudged, layout.current, layout.previous, 32)
+        assert ((moved - residuals) / keys[:, :, positions].norm(dim=-1)).abs().max() > 0.05
 
 
 def test_gui_kv_with_alpha_zero_and_one_screenshot_is_snapkv():

@@ -30,6 +30,7 @@ from eval_helpers import (
     summaries,
     write_png,
 )
+from PIL import Image
 from test_eval_stateful import two_trajectories, untimed
 
 from benchmarks.batching import Batcher, is_out_of_memory
@@ -251,6 +252,78 @@ def test_star_kv_keeps_one_state_per_trajectory_in_a_batch(
     assert untimed(tmp_path) == one.records
     assert batched.states() == one.states
     assert {layer.profile_steps for c in batched.contexts for layer in c.state.layers.values()} == {3}
+
+
+class KeptPositions:
+    """Wraps `guikv.step.run_steps` to record every returned step's kept positions per layer, keyed
+    by its conversation (the two test trajectories are copies: the same step of each has one key),
+    and to count the batches of several conversations asked for."""
+
+    def __init__(self, run_steps: Callable[..., Any]) -> None:
+        self.run_steps = run_steps
+        self.kept: dict[str, list[list[list[list[int]]]]] = {}
+        self.batches = 0
+
+    def __call__(self, model: Any, processor: Any, conversations: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the batch with positions recorded; note each row's positions under its conversation."""
+        self.batches += len(conversations) > 1
+        results = self.run_steps(
+            model, processor, conversations, *args, **{**kwargs, "record_positions": True}
+        )
+        for conversation, result in zip(conversations, results, strict=True):
+            key = json.dumps(conversation, default=str)
+            self.kept.setdefault(key, []).append([kept.tolist() for kept in result.kept_positions])
+        return results
+
+
+def test_a_retried_star_kv_batch_keeps_at_every_step_what_batch_size_one_keeps(
+    fixtures_dir: Path, tiny64_sdpa: tuple, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Out of memory in the decode of the second batch (the trajectories' second steps), after both
+    rows' prefills scored with their trajectories' states: the batch is retried one row at a time
+    from the states it started with, so every step keeps the positions of batch size 1 (with the
+    prior ramping in at once, a state advanced twice keeps other positions from the retried step
+    on) and the run ends with batch size 1's records and states. Real screenshots (shrunk) and the
+    head_dim-64 tiny model, so that the scores the state weighs differ from token to token."""
+    shots = fixtures_dir / "agentnetbench" / "test_data" / "images"
+
+    def shrunk_screenshot(path: Path, size: tuple[int, int]) -> None:
+        Image.open(shots / path.name).convert("RGB").resize(size).save(path)
+
+    data = two_trajectories(fixtures_dir, tmp_path / "data", shrunk_screenshot)
+    model, processor = tiny64_sdpa
+    config = CompressionConfig(method="star_kv", budget=10, star_kv_profile_steps=1, star_kv_lambda_ramp=2)
+    runs, run_steps = {}, step.run_steps
+    for size in (1, 2):
+        spy = KeptPositions(run_steps)
+        monkeypatch.setattr(step, "run_steps", spy)
+        failures: list[int] = []
+
+        def out_of_memory(
+            module: Any,
+            args: Any,
+            kwargs: dict[str, Any],
+            spy: KeptPositions = spy,
+            failures: list[int] = failures,
+        ) -> None:
+            if kwargs["input_ids"].shape[0] > 1 and spy.batches == 2 and not failures:
+                failures.append(spy.batches)
+                raise torch.OutOfMemoryError("CUDA out of memory")
+
+        handle = model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+        responder = Tiny(model, processor, config, NEW_TOKENS)
+        try:
+            summary = play("agentnetbench", data, tmp_path / str(size), responder, size)
+        finally:
+            handle.remove()
+        assert failures == ([2] if size == 2 else [])
+        runs[size] = (summary, untimed(tmp_path / str(size)), responder.states(), spy.kept)
+    (one, one_records, one_states, one_kept), (two, two_records, two_states, two_kept) = runs[1], runs[2]
+    assert len(one_kept) == 3 and all(len(kept) == 2 and kept[0] == kept[1] for kept in one_kept.values())
+    assert two_kept == one_kept
+    assert two == one and two["samples_failed"] == 0
+    assert two_records == one_records
+    assert two_states == one_states
 
 
 OUT_OF_MEMORY: dict[str, Callable[[], BaseException]] = {

@@ -12,7 +12,9 @@ from eval_helpers import (
     Scripted,
     androidcontrol,
     assistant_texts,
+    mind2web,
     play_agentnet,
+    play_benchmark,
     records,
     run_cli,
     summaries,
@@ -43,6 +45,25 @@ def test_failed_samples_are_reported_apart_and_counted_wrong_beside(
     assert (scored["overall_score"], scored["total_steps"]) == (1.0, 5)  # over the scored samples
     assert (counted_wrong["overall_score"], counted_wrong["total_steps"]) == (pytest.approx(5 / 7), 7)
     assert summary["warning"].startswith("2 of 7 samples failed")
+
+
+def test_a_failed_mind2web_step_is_left_out_of_metrics_not_padded_as_wrong(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """Mind2Web pads each task with wrong steps up to its `total_steps`; a failed step must not be
+    padded in `metrics` (scored samples only), only counted wrong in `metrics_failures_as_wrong`."""
+    data = mind2web(fixtures_dir, tmp_path / "data", write_png)
+    responder = Scripted("truth", frozenset({2}), truth=True)
+    summary = play_benchmark("mind2web", data, tmp_path / "run", responder)
+    [failed] = [row for row in records(tmp_path / "run") if row["error"]]
+    assert failed["sample_id"].startswith("cross_domain/") and summary["samples_failed"] == 1
+    scored, counted_wrong = summary["metrics"], summary["metrics_failures_as_wrong"]
+    domain = scored["splits"]["cross_domain"]
+    assert domain["step_accuracy"] == 1.0 and scored["step_accuracy"] == 1.0
+    assert (domain["scored_steps"], domain["failed_steps"], domain["padded_steps"]) == (2, 1, 0)
+    wrong = counted_wrong["splits"]["cross_domain"]
+    assert wrong["step_accuracy"] == pytest.approx(2 / 3) and wrong["failed_steps"] == 0
+    assert counted_wrong["step_accuracy"] == pytest.approx((2 / 3 + 1 + 1) / 3)
 
 
 def test_a_rerun_retries_only_the_failed_samples(agentnet: tuple[Path, Path], tmp_path: Path) -> None:

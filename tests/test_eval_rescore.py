@@ -28,6 +28,7 @@ from benchmarks.rundir import SUMMARY_FILE
 from benchmarks.scoring import SAMPLE_TYPES
 from guikv import __version__
 from guikv.agents import Action, ActionType, get_family
+from guikv.agents.resize import model_image_size
 
 Datasets = dict[str, tuple[Path, Path]]
 KEPT = f"summary.guikv-{__version__}.json"
@@ -79,6 +80,33 @@ def test_a_run_with_failed_samples_rescores_to_identical_files(
     after = files(tmp_path / "run")
     del after[KEPT]
     assert after == before
+
+
+def test_rescore_reads_mind2web_types_in_the_forms_the_parser_now_accepts(
+    datasets: Datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A stored UI-TARS TYPE answer written `Action：type(text='...', start_box='(x,y)')` (a
+    full-width colon, the older argument names) was unparsed, a wrong step; `--rescore` reads it
+    with today's parser as a typed text at a point, which the metric credits."""
+    args = oracle_eval_args("mind2web", datasets, tmp_path / "runs", "--family", "ui-tars")
+    assert run_cli(args, monkeypatch, capsys).code == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    rows = records(run_dir)
+    index = next(i for i, row in enumerate(rows) if row["scoring_input"]["sample"]["operation"] == "TYPE")
+    typed = rows[index]
+    assert typed["step_correct"] and typed["action"]["point"] is not None
+    frame = model_image_size(*typed["scoring_input"]["image_size"])
+    x, y = (round(c * f) for c, f in zip(typed["action"]["point"], frame, strict=True))
+    value = typed["scoring_input"]["sample"]["value"]
+    typed["raw_output"] = f"Thought：输入。\nAction：type(text='{value}', start_box='({x},{y})')"
+    (run_dir / "samples.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+    result = run_cli(["eval", "--rescore", str(run_dir)], monkeypatch, capsys)
+    assert result.code == 0, result.err
+    rescored = records(run_dir)[index]
+    assert rescored["parsed"] and rescored["element_correct"] and rescored["step_correct"]
+    assert rescored["action"]["text"] == value
 
 
 def test_an_edited_raw_output_changes_its_score_and_what_compare_shows(

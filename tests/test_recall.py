@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from guikv.analysis import compare_methods
 from guikv.config import METHODS, CompressionConfig
 from guikv.models.adapters import adapter_for
-from guikv.recall import layer_recall, oracle_recall, oracle_sets
+from guikv.recall import NO_DECODE_STEP, layer_recall, oracle_recall, oracle_sets
 from guikv.step import run_step
 
 NEW_TOKENS = 5
@@ -75,6 +76,24 @@ def test_oracle_mass_equals_the_eager_weights_of_the_decode_steps(tiny_eager, me
     torch.testing.assert_close(mass.double(), expected, rtol=1e-4, atol=1e-6)
     # Each decode step spreads one unit of attention per head over the prompt and earlier tokens.
     assert float(mass.sum(dim=-1).max()) <= generated - 1 + 1e-4
+
+
+def test_a_one_token_answer_has_no_oracle_mass_and_compare_reports_why(tiny_sdpa, messages):
+    """One generated token comes from the prefill alone: no decode step read the cache, so there is
+    no mass (not a [layers, 1, L] block of zeros) and `compare_methods` gives every run recall None
+    with the reason, where it used to raise on the KV-head count."""
+    model, processor = tiny_sdpa
+    full = CompressionConfig(method="full")
+    probed = run_step(model, processor, messages, full, max_new_tokens=1, oracle_mass=True)
+    assert probed.generated_tokens == 1 and probed.oracle_mass is None
+    reference, runs = compare_methods(
+        model, processor, messages, [("full", 100.0), ("snapkv", 50.0)], max_new_tokens=1,
+        base=CompressionConfig(window_size=4), recall=True,
+    )  # fmt: skip
+    for fidelity in (reference, *runs):
+        assert fidelity.recall is None and fidelity.recall_per_layer is None
+        assert fidelity.recall_reason == NO_DECODE_STEP
+    assert runs[1].result is not None and runs[1].result.kept_positions == []
 
 
 def test_oracle_mass_refuses_a_cut_cache(tiny_sdpa, messages):

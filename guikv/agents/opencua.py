@@ -192,10 +192,12 @@ def web_messages(task: str, screenshot: ImageLike, previous_actions: Sequence[st
 # Parsing
 
 _HEADER = r"^[ \t]*(?:#+[ \t]*)?"
-_SECTION_END = rf"(?={_HEADER}(?:Observation|Thought|Action|Code):|^[ \t]*```|\Z)"
-_THOUGHT = re.compile(rf"{_HEADER}Thought:[ \t]*(.*?){_SECTION_END}", re.MULTILINE | re.DOTALL)
-_DESCRIPTION = re.compile(rf"{_HEADER}Action:[ \t]*(.*?){_SECTION_END}", re.MULTILINE | re.DOTALL)
-_CODE = re.compile(rf"{_HEADER}Code:", re.MULTILINE)
+_COLON = "[:\uff1a]"
+"""A section header's colon, ASCII or full-width (`## Action：`, as outputs in Chinese mode write it)."""
+_SECTION_END = rf"(?={_HEADER}(?:Observation|Thought|Action|Code){_COLON}|^[ \t]*```|\Z)"
+_THOUGHT = re.compile(rf"{_HEADER}Thought{_COLON}[ \t]*(.*?){_SECTION_END}", re.MULTILINE | re.DOTALL)
+_DESCRIPTION = re.compile(rf"{_HEADER}Action{_COLON}[ \t]*(.*?){_SECTION_END}", re.MULTILINE | re.DOTALL)
+_CODE = re.compile(rf"{_HEADER}Code{_COLON}", re.MULTILINE)
 _PREFIXES = ("pyautogui.", "computer.")
 
 _POINTING: dict[str, ActionType] = {

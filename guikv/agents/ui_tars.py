@@ -174,7 +174,7 @@ Action: ...
 ## Action Space
 
 
-- type(content='xxx') # First click on the textbox, and then type the content. 
+- type(point='<point>x1 y1</point>', content='xxx') # First click on the textbox at point x1 y1, and then type the content. 
 - scroll(point='<point>x1 y1</point>', direction='down or up') # Show more information on the `direction` side.
 - select(point='<point>x1 y1</point>', content='xxx') # Select dropdown menu at point x1 y1 and choose entry xxx.
 - click(point='<point>x1 y1</point>').   
@@ -197,7 +197,14 @@ Action: ...
 
 
 """  # noqa: E501, W291
-"""Multimodal-Mind2Web prompt (§4.5): type / scroll / select / click, previous actions, the task."""
+"""Multimodal-Mind2Web prompt (§4.5): type / scroll / select / click, previous actions, the task.
+
+One change to the original (issue 16): its `type(content='xxx')` named no point, though its rule
+says a `type` clicks into the textbox and forbids clicking the box first, so a UI-TARS answer that
+followed it could never earn element accuracy on a TYPE step (13% of the steps). The `type` line
+carries the textbox's point as `select` does, in the prompt's own `point='<point>x1 y1</point>'`
+form (UI-TARS-1.5's spelling of the `start_box` its training data writes on `type`).
+"""
 
 
 def computer_use_messages(
@@ -303,8 +310,10 @@ _ARG_ALIASES: dict[str, str] = {
     "end_point": "end",
     "end_box": "end",
     "keys": "key",
+    "text": "content",
 }
-"""Argument names normalised: every spelling of a start point becomes `start`, of an end `end`."""
+"""Argument names normalised: every spelling of a start point becomes `start`, of an end `end`;
+`text` is the older spelling of `content` (`type(text='...', start_box='...')`)."""
 
 _POSITIONAL: dict[str, tuple[str, ...]] = {
     "drag": ("start", "end"),
@@ -321,8 +330,11 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
 _POINT_TYPES = frozenset(POINTING_TYPES)
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_ACTION_LINE = re.compile(r"^[ \t]*Action:[ \t]*", re.MULTILINE)
-_THOUGHT = re.compile(r"Thought:[ \t]*(.*)", re.DOTALL)
+_COLON = "[:\uff1a]"
+"""A section label's colon, ASCII or full-width (`Action：`, as outputs in Chinese mode write it)."""
+_ACTION_LINE = re.compile(rf"^[ \t]*Action{_COLON}[ \t]*", re.MULTILINE)
+_ACTION_ANYWHERE = re.compile(rf"Action{_COLON}")
+_THOUGHT = re.compile(rf"Thought{_COLON}[ \t]*(.*)", re.DOTALL)
 _CALL_START = re.compile(r"^[ \t]*([A-Za-z_]\w*)[ \t]*\(", re.MULTILINE)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 _QUOTED_KWARG = re.compile(r"(\w+)\s*=\s*(['\"])(.*?)\2(?=\s*(?:,\s*\w+\s*=|,?\s*$))", re.DOTALL)
@@ -371,13 +383,14 @@ def parse(
 def _split_action(body: str) -> tuple[str, str | None]:
     """(text before the action, the action text): from the first line starting `Action:` (later
     `Action:` line prefixes dropped, for outputs that repeat it per call), else from the last
-    `Action:` anywhere, else the whole output if it starts with a known call (bare grounding)."""
+    `Action:` anywhere, else the whole output if it starts with a known call (bare grounding).
+    The colon may be full-width (`Action：`)."""
     match = _ACTION_LINE.search(body)
     if match:
         return body[: match.start()], _ACTION_LINE.sub("", body[match.end() :])
-    index = body.rfind("Action:")
-    if index >= 0:
-        return body[:index], body[index + len("Action:") :]
+    labels = list(_ACTION_ANYWHERE.finditer(body))
+    if labels:
+        return body[: labels[-1].start()], body[labels[-1].end() :]
     call = _CALL_START.match(body.lstrip())
     if call and call.group(1) in _NAME_TO_TYPE:
         return "", body
@@ -563,19 +576,15 @@ def format_action(
     Writes `Thought: ...` (when the action has one) and `Action: name(...)`, with points as
     integer `<point>x y</point>` in smart-resized pixels. Round trip: `parse(format_action(a))`
     gives one action equal to `a` except that each coordinate moves to the nearest model pixel, by
-    at most 0.5/W' in x and 0.5/H' in y (W', H' from `model_image_size`), and except that a `type`
-    with a point is written as UI-TARS types into an element, `click(point)` then `type(content)`
-    (its `type` takes no point), and so parses back as [click, type]. A scroll's signed `amount` is
-    not expressible (its direction is). An unparsed action formats as its raw text.
+    at most 0.5/W' in x and 0.5/H' in y (W', H' from `model_image_size`). A `type` with a point is
+    written `type(point=..., content=...)`, the web prompt's form. A scroll's signed `amount` is not
+    expressible (its direction is). An unparsed action formats as its raw text.
     """
     if action.type is ActionType.UNPARSED:
         return action.raw
     frame = model_image_size(*image_size, min_pixels=min_pixels, max_pixels=max_pixels)
     args: list[str] = []
-    calls: list[str] = []
-    if action.type is ActionType.TYPE and action.point is not None:
-        calls.append(f"click(point={_point_arg(action.point, frame)})")
-    elif action.type is ActionType.DRAG:
+    if action.type is ActionType.DRAG:
         if action.point is not None:
             args.append(f"start_point={_point_arg(action.point, frame)}")
         args.append(f"end_point={_point_arg(action.require('end_point'), frame)}")
@@ -593,8 +602,7 @@ def format_action(
         args.append(f"content={_quote(action.text)}")
     elif action.type is ActionType.OPEN_APP:
         args.append(f"app_name={_quote(action.text or '')}")
-    calls.append(f"{_TYPE_TO_NAME[action.type]}({', '.join(args)})")
-    call = "\n\n".join(calls)
+    call = f"{_TYPE_TO_NAME[action.type]}({', '.join(args)})"
     return f"Thought: {action.thought}\nAction: {call}" if action.thought else f"Action: {call}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
@@ -35,7 +36,10 @@ def build_method(config: CompressionConfig, state: Any = None) -> Method:
     method field takes the config field of the same name).
 
     A stateful method (one with a `state` field, e.g. STaR-KV's online profile) starts from an
-    empty state unless `state` (a previous method object's `state`) is given to continue it.
+    empty state unless `state` (a previous method object's `state`) is given to continue it. The
+    method continues a copy: `state` itself is never changed, so a step that fails after some
+    prefills leaves its caller's state as it was (a retry sees what the first try saw), and the
+    caller adopts the method's `state` once the step has succeeded.
     """
     cls = METHOD_CLASSES[config.method]
     accepted = {f.name for f in fields(cls)}
@@ -43,7 +47,7 @@ def build_method(config: CompressionConfig, state: Any = None) -> Method:
     if state is not None:
         if "state" not in accepted:
             raise ValueError(f"method {config.method!r} keeps no state: got state={type(state).__name__}")
-        params["state"] = state
+        params["state"] = copy.deepcopy(state)
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
 

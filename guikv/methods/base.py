@@ -22,8 +22,8 @@ class LayerContext:
 
     `queries` [B, H, w, d] are the last prompt positions' queries after RoPE (None for methods
     that need no attention), `keys` [B, H_kv, L, d] the cached keys after RoPE, `hidden_states`
-    [B, L, D] the attention module's input. `capacity` is the uniform per-layer capacity
-    `int(L * budget / 100)` every method starts from.
+    [B, L, D] the attention module's input. `capacity` is the uniform per-layer capacity every
+    method starts from (`guikv.config.uniform_capacity(L, budget)`).
 
     `present` [B, H_kv, L] (None: every position) says which positions each KV head holds. A
     cache carried from an earlier agent step (`guikv.carry`) lays the entries of all its heads on

@@ -13,8 +13,8 @@ from guikv.methods.base import LayerContext, Method, pool_scores
 
 @dataclass(frozen=True)
 class SnapKV(Method):
-    """Pooled attention of the last `window_size` queries over the prefix; `C = int(L*b/100)` kept
-    per layer and KV head, window included."""
+    """Pooled attention of the last `window_size` queries over the prefix; the uniform capacity C
+    (`guikv.config.uniform_capacity`) kept per layer and KV head, window included."""
 
     name: ClassVar[str] = "snapkv"
 

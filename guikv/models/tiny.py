@@ -4,6 +4,10 @@ They have the real architecture (GQA, M-RoPE, a windowed vision tower, Qwen's sp
 chat template) and go through the same `save_pretrained` / `from_pretrained` path as a user's
 UI-TARS checkpoint, so the whole pipeline runs on a laptop without downloading anything. Their
 weights are random: what they generate is meaningless, only its shape and cost are real.
+
+Two shapes: `build_tiny` (head_dim 16, the fastest) and `build_tiny_head_dim_64` (head_dim 64, the
+shape tests of GUI-KV's temporal step need: with head_dim 16 its rank-32 key subspace is the whole
+key space, so every residual is rounding noise and the step sorts noise).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -160,6 +165,37 @@ def build_tiny(path: str | Path, seed: int = 0, **text_overrides: Any) -> Path:
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+HEAD_DIM_64_TEXT: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 256,
+    "initializer_range": 0.2,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+}
+"""The language model of `build_tiny_head_dim_64`: hidden 256 over 4 query heads (2 KV heads)."""
+
+
+def build_tiny_head_dim_64(path: str | Path, seed: int = 0) -> Path:
+    """Build a tiny random Qwen2.5-VL with head_dim 64 (model + processor) into `path`.
+
+    Head_dim 64 is above GUI-KV's rank 32, so its key subspace is a proper subspace and the
+    temporal residuals are real numbers, and it is within vLLM's CPU attention head sizes (32-512).
+    Two changes to the random initialisation make a model whose scores are not decided by rounding
+    noise, as a real checkpoint's are not: `initializer_range=0.2` (attention that is not uniform,
+    so the generated tokens depend on what the cache holds), and the language model's RMSNorm
+    weights drawn from [0.5, 1.5] (with weights of exactly 1 every attention input has norm
+    sqrt(hidden), and GUI-KV's standardised-norm saliency is noise).
+    """
+    path = build_tiny(path, seed=seed, **HEAD_DIM_64_TEXT)
+    weights_file = path / "model.safetensors"
+    weights = load_file(weights_file)
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in weights.items():
+        if name.endswith("layernorm.weight") and "visual" not in name:
+            weights[name] = 0.5 + torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype)
+    save_file(weights, weights_file, metadata={"format": "pt"})
     return path
 
 

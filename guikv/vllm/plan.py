@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guikv.config import CompressionConfig
+from guikv.config import CompressionConfig, uniform_capacity
 from guikv.layout import TokenLayout
 from guikv.methods import build_method
 
@@ -47,7 +47,7 @@ class RequestPlan:
 
 def kept_count(length: int, budget: float) -> int:
     """The uniform per-layer capacity of the transformers path: `max(1, int(L * budget / 100))`."""
-    return max(1, int(length * budget / 100))
+    return uniform_capacity(length, budget)
 
 
 def plan_request(
