@@ -34,7 +34,7 @@ from guikv.agents.family import AgentFamily
 from guikv.agents.prompting import TRAJECTORY_SCREENSHOTS, ImageLike, Message
 from guikv.cache import kv_bytes, stored_kv_bytes
 from guikv.carry import CarriedCache, Segment, StepScoring, rescore
-from guikv.config import CompressionConfig
+from guikv.config import CompressionConfig, uniform_capacity
 from guikv.flops import ModelShape, decode_flops
 from guikv.hooks import cache_keyword, output_cache
 from guikv.layout import TokenLayout, grids_from_thw, spatial_merge_size
@@ -250,7 +250,7 @@ class Trajectory:
         """The step's per-layer capacity: `max_tokens`, or the budget's share of the conversation."""
         if self.max_tokens is not None:
             return self.max_tokens
-        return max(1, int(live_length * self.config.budget / 100))
+        return uniform_capacity(live_length, self.config.budget)
 
     def _feed(self, turn: Mapping[str, torch.Tensor], positions: torch.Tensor) -> None:
         """One forward of the new turn on the carried cache, at its logical positions (no 2-D mask:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from guikv import METHODS, CompressionConfig
+from guikv.config import uniform_capacity
 from guikv.hooks import output_cache
 from guikv.trajectory import Trajectory
 
@@ -130,7 +131,7 @@ def test_at_10_percent_the_cache_keeps_the_step_s_capacity_and_knows_each_entry_
     trajectory = Trajectory(model, processor, config, TASK, max_new_tokens=NEW_TOKENS, screenshot_window=2)
     for step, screen in enumerate(screens(4, sizes=((448, 252), (252, 448)))):
         result = trajectory.step(screen)
-        capacity = int(result.prompt_tokens * 10 / 100)
+        capacity = uniform_capacity(result.prompt_tokens, 10)
         layers = len(result.kept_per_layer)
         if method == "full":
             assert result.kept_per_layer == [result.prompt_tokens] * layers
