@@ -6,8 +6,10 @@ worker plans the same request from the same token ids, `guikv.vllm.plan`). When 
 output comes back, the request's blocks past its kept ones are freed: the worker has compacted the
 kept entries into the leading blocks during the forward. From then on `ShiftedCoordinator` makes
 vLLM's block accounting see `logical tokens - shift`, so a decode step only asks for a new block
-when the physical cache fills its last one. A preempted request gives all its blocks back as usual
-and is planned again when it is prefilled again.
+when the physical cache fills its last one. A preempted request gives all its blocks back as usual;
+when it is prefilled again (prompt plus generated tokens) it is planned from its prompt as before,
+with its generated tokens kept after the prompt's kept entries, so it holds and frees exactly the
+blocks it would have held without the preemption.
 """
 
 from __future__ import annotations
@@ -131,23 +133,31 @@ class CompressingScheduler(Scheduler):
             "prompt_tokens": 0,
             "kept_tokens": 0,
             "blocks_freed": 0,
+            "resumed": 0,
         }
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step
-        (a prompt given as embeddings has no token ids to plan from: the worker skips it too)."""
+        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step from
+        its prompt and generated-token count (a prompt given as embeddings has no token ids to plan
+        from: the worker skips it too)."""
         output = super().schedule(*args, **kwargs)
         for request_id, count in output.num_scheduled_tokens.items():
             request = self.requests[request_id]
             whole_prefill = count == request.num_tokens and request.num_computed_tokens == count
-            if not whole_prefill or request.prompt_embeds is not None:
+            if not whole_prefill or request.prompt_token_ids is None or request.prompt_embeds is not None:
                 continue
             plan = plan_request(
-                request.all_token_ids, self.guikv_settings.compression, self.guikv_image_token_ids
+                request.prompt_token_ids,
+                self.guikv_settings.compression,
+                self.guikv_image_token_ids,
+                request.num_output_tokens,
             )
-            self.guikv_totals["requests"] += 1
-            self.guikv_totals["prompt_tokens"] += plan.length
-            self.guikv_totals["kept_tokens"] += plan.kept
+            if plan.resumed:
+                self.guikv_totals["resumed"] += 1
+            else:
+                self.guikv_totals["requests"] += 1
+                self.guikv_totals["prompt_tokens"] += plan.length
+                self.guikv_totals["kept_tokens"] += plan.kept
             if plan.left_whole is None:
                 self.guikv_pending[request_id] = plan
             elif self.guikv_settings.log_requests:
@@ -169,9 +179,19 @@ class CompressingScheduler(Scheduler):
             if request is None or request.is_finished():
                 continue
             freed = self.guikv_coordinator.release(request_id, plan)
-            self.guikv_totals["compressed"] += 1
+            self.guikv_totals["compressed"] += not plan.resumed
             self.guikv_totals["blocks_freed"] += freed
-            if self.guikv_settings.log_requests:
+            if self.guikv_settings.log_requests and plan.resumed:
+                logger.info(
+                    "guikv: request %s resumed after preemption: %d prompt tokens, kept %d as first chosen "
+                    "+ %d generated, %d blocks freed",
+                    request_id,
+                    plan.length,
+                    plan.kept,
+                    plan.generated,
+                    freed,
+                )
+            elif self.guikv_settings.log_requests:
                 totals = self.guikv_totals
                 logger.info(
                     "guikv: request %s: %d prompt tokens, kept %d per layer and KV head, %d blocks freed "
