@@ -25,6 +25,7 @@ from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 
 from guikv.models.adapters import ADAPTERS
 from guikv.vllm.plan import RequestPlan, plan_request
+from guikv.vllm.refusal import refused
 from guikv.vllm.settings import settings_from_additional_config
 
 logger = init_logger(f"vllm.{__name__}")
@@ -39,8 +40,8 @@ class ShiftedCoordinator:
     def __init__(self, inner: KVCacheCoordinatorNoPrefixCache) -> None:
         managers = inner.single_type_managers
         if len(managers) != 1 or type(managers[0]) is not FullAttentionManager:
-            raise ValueError(
-                "guikv needs exactly one full-attention KV cache group, found "
+            raise refused(
+                "the plugin needs exactly one full-attention KV cache group, found "
                 f"{', '.join(type(m).__name__ for m in managers)}"
             )
         self._inner = inner
@@ -117,9 +118,9 @@ class CompressingScheduler(Scheduler):
             raise ValueError("CompressingScheduler needs additional_config.guikv: none was given")
         coordinator = self.kv_cache_manager.coordinator
         if type(coordinator) is not KVCacheCoordinatorNoPrefixCache:
-            raise ValueError(
-                f"guikv needs vLLM's coordinator without prefix caching, got {type(coordinator).__name__}: "
-                "pass --no-enable-prefix-caching"
+            raise refused(
+                "the plugin needs vLLM's coordinator without prefix caching, got "
+                f"{type(coordinator).__name__}: pass --no-enable-prefix-caching"
             )
         self.guikv_settings = settings
         self.guikv_coordinator = ShiftedCoordinator(coordinator)

@@ -47,6 +47,7 @@ from guikv.vllm.bridge import request_context
 from guikv.vllm.cache_layout import KNOWN_LAYOUT_ISAS
 from guikv.vllm.compaction import compact
 from guikv.vllm.plan import RequestPlan, plan_request
+from guikv.vllm.refusal import refused
 from guikv.vllm.resume import generated_attention, kept_entries
 from guikv.vllm.settings import PluginSettings, settings_from_additional_config
 
@@ -111,14 +112,12 @@ def decoder_attentions(model: nn.Module) -> list[DecoderAttention]:
             continue
         parts = name.split(".")
         if len(parts) < 3 or "layers" not in parts:
-            raise ValueError(f"decoder attention {name!r} is not inside a `layers.N` list: unsupported model")
+            raise refused(f"decoder attention {name!r} is not inside a `layers.N` list: unsupported model")
         index = int(parts[parts.index("layers") + 1])
         found.append(DecoderAttention(index, model.get_submodule(".".join(parts[:-1])), module))
     found.sort(key=lambda layer: layer.index)
     if not found or [layer.index for layer in found] != list(range(len(found))):
-        raise ValueError(
-            "guikv found no contiguous decoder attention layers in this model: unsupported model"
-        )
+        raise refused("found no contiguous decoder attention layers in this model: unsupported model")
     return found
 
 
@@ -134,8 +133,8 @@ def refuse_unreproducible_attention(layer: DecoderAttention) -> None:
     }
     found = [name for name, present in features.items() if present]
     if found:
-        raise ValueError(
-            f"guikv: decoder layer {layer.index}'s attention has {', '.join(found)}: the plugin supports "
+        raise refused(
+            f"decoder layer {layer.index}'s attention has {', '.join(found)}: the plugin supports "
             "plain causal attention only"
         )
 
@@ -182,7 +181,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
         head_dim = self.model_config.get_head_size()
         isa = _get_attn_isa(self.dtype, self.cache_config.block_size, head_dim, self.cache_config.cache_dtype)
         if isa not in KNOWN_LAYOUT_ISAS:
-            raise ValueError(
+            raise refused(
                 f"CPU attention kernel {isa!r} (dtype {self.dtype}, head_dim {head_dim}) has a cache layout "
                 f"guikv has not verified: expected one of {KNOWN_LAYOUT_ISAS} (fp32/fp16; bf16 without AMX)"
             )
@@ -197,8 +196,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
         groups = kv_cache_config.kv_cache_groups
         if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
-            raise ValueError(
-                f"guikv needs one KV cache group of full attention, found {len(groups)} group(s) "
+            raise refused(
+                f"the plugin needs one KV cache group of full attention, found {len(groups)} group(s) "
                 f"({', '.join(type(g.kv_cache_spec).__name__ for g in groups)})"
             )
 
@@ -407,8 +406,8 @@ class CompressingCPUWorker(CPUWorker):
         if settings is None:
             raise ValueError("CompressingCPUWorker needs additional_config.guikv: none was given")
         if type(self.model_runner) is not CPUModelRunner:
-            raise ValueError(
-                f"guikv needs vLLM's V1 CPUModelRunner, got {type(self.model_runner).__name__}: "
+            raise refused(
+                f"the plugin needs vLLM's V1 CPUModelRunner, got {type(self.model_runner).__name__}: "
                 "unset VLLM_USE_V2_MODEL_RUNNER"
             )
         self.model_runner.__class__ = CompressingCPUModelRunner
