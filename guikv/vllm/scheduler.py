@@ -7,9 +7,9 @@ output comes back, the request's blocks past its kept ones are freed: the worker
 kept entries into the leading blocks during the forward. From then on `ShiftedCoordinator` makes
 vLLM's block accounting see `logical tokens - shift`, so a decode step only asks for a new block
 when the physical cache fills its last one. A preempted request gives all its blocks back as usual;
-when it is prefilled again (prompt plus generated tokens) it is planned from its prompt as before,
-with its generated tokens kept after the prompt's kept entries, so it holds and frees exactly the
-blocks it would have held without the preemption.
+when it is prefilled again (prompt plus generated tokens) it is planned from the prompt of its first
+whole prefill as before, with every later token kept after the prompt's kept entries, so it holds
+and frees exactly the blocks it would have held without the preemption.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vllm.v1.core.kv_cache_coordinator import KVCacheCoordinatorNoPrefixCache
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+from vllm.v1.request import Request
 
 from guikv.models.adapters import ADAPTERS
 from guikv.vllm.plan import RequestPlan, plan_request
@@ -128,6 +129,9 @@ class CompressingScheduler(Scheduler):
         hf_config = self.vllm_config.model_config.hf_config
         self.guikv_image_token_ids = ADAPTERS[hf_config.model_type].image_token_ids(hf_config)
         self.guikv_pending: dict[str, RequestPlan] = {}
+        # Per live request: its vLLM request object (vLLM may reuse the id of a finished request)
+        # and the length of the prompt its first whole prefill planned.
+        self.guikv_first_prompts: dict[str, tuple[Request, int]] = {}
         self.guikv_totals = {
             "requests": 0,
             "compressed": 0,
@@ -139,19 +143,24 @@ class CompressingScheduler(Scheduler):
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's schedule; plans every request whose whole sequence is prefilled in this step from
-        its prompt and generated-token count (a prompt given as embeddings has no token ids to plan
-        from: the worker skips it too)."""
+        the prompt of its first whole prefill and the tokens after it (a prompt given as embeddings
+        has no token ids to plan from: the worker skips it too)."""
         output = super().schedule(*args, **kwargs)
+        first_prompts = self.guikv_first_prompts
+        for gone in [r for r, (request, _) in first_prompts.items() if self.requests.get(r) is not request]:
+            del first_prompts[gone]
         for request_id, count in output.num_scheduled_tokens.items():
             request = self.requests[request_id]
             whole_prefill = count == request.num_tokens and request.num_computed_tokens == count
             if not whole_prefill or request.prompt_token_ids is None or request.prompt_embeds is not None:
                 continue
+            first = first_prompts.setdefault(request_id, (request, len(request.prompt_token_ids)))
+            prompt_length = first[1]
             plan = plan_request(
-                request.prompt_token_ids,
+                request.all_token_ids[:prompt_length],
                 self.guikv_settings.compression,
                 self.guikv_image_token_ids,
-                request.num_output_tokens,
+                request.num_tokens - prompt_length,
             )
             if plan.resumed:
                 self.guikv_totals["resumed"] += 1

@@ -16,9 +16,10 @@ entries into the request's leading blocks; afterwards, attend over the shorter c
    written at `position - shift`, while RoPE positions stay logical (`num_computed_tokens`).
 
 A request prefilled again from position 0 after vLLM preempted it (recompute: prompt plus every
-generated token) continues from the cache it had: the prompt's positions first chosen (kept per
-request until it finishes, `layers x H_kv x C` ints) are kept again, and its generated rows attend
-as they did while decoding (`guikv.vllm.resume`). Layouts come from the prompt alone.
+generated token) continues from the cache it had: its first whole prefill's cut (`FirstCut`: the
+prompt length and the positions first chosen, `layers x H_kv x C` ints, kept until the request
+finishes) is kept again, and every later row attends as it did while decoding
+(`guikv.vllm.resume`). Layouts come from that prompt alone.
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ class RequestStep:
 
 
 @dataclass(frozen=True)
+class FirstCut:
+    """What a request's first whole prefill kept: the runner's state object of that request (vLLM
+    may reuse the id of a finished request for a new one), the prompt length, and the positions
+    kept per layer and KV head `[layers, H_kv, C]` (None when the prompt was left whole). Every
+    token after that prompt (generated, or appended by a streaming-input session) is kept whole."""
+
+    state: Any
+    prompt_length: int
+    positions: torch.Tensor | None
+
+
+@dataclass(frozen=True)
 class DecoderAttention:
     """One decoder layer's attention: the model's attention module (input: the attention input)
     and vLLM's `Attention` layer inside it (input: queries, keys, values after RoPE)."""
@@ -148,7 +161,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
 
     guikv_settings: PluginSettings
     guikv_shift: dict[str, int]
-    guikv_first_chosen: dict[str, torch.Tensor]
+    guikv_first_cuts: dict[str, FirstCut]
     guikv_steps: list[RequestStep]
     guikv_records: deque[CompressionRecord]
     guikv_totals: dict[str, float]
@@ -160,7 +173,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
         self.guikv_settings = settings
         self.guikv_image_token_ids = adapter.image_token_ids(self.model_config.hf_config)
         self.guikv_shift = {}
-        self.guikv_first_chosen = {}
+        self.guikv_first_cuts = {}
         self.guikv_steps = []
         self.guikv_records = deque(maxlen=RECENT_RECORDS)
         self.guikv_totals = {
@@ -222,12 +235,13 @@ class CompressingCPUModelRunner(CPUModelRunner):
 
     def _plan_step(self, num_scheduled_tokens: np.ndarray) -> None:
         """Find the requests whose whole sequence is prefilled in this step and plan them from
-        their prompts; forget the shifts and kept positions of requests that have finished (a
+        their first prompts; forget the shifts and first cuts of requests that have finished (a
         preempted request stays in `self.requests`)."""
         self.guikv_steps = []
-        for kept in (self.guikv_shift, self.guikv_first_chosen):
-            for gone in [r for r in kept if r not in self.requests]:
-                del kept[gone]
+        for gone in [r for r in self.guikv_shift if r not in self.requests]:
+            del self.guikv_shift[gone]
+        for gone in [r for r, cut in self.guikv_first_cuts.items() if self.requests.get(r) is not cut.state]:
+            del self.guikv_first_cuts[gone]
         batch = self.input_batch
         starts = np.concatenate([[0], np.cumsum(num_scheduled_tokens)])
         for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
@@ -237,14 +251,21 @@ class CompressingCPUModelRunner(CPUModelRunner):
             state = self.requests[request_id]
             if int(num_scheduled_tokens[row]) != state.num_tokens or state.prompt_token_ids is None:
                 continue
-            prompt_ids = list(state.prompt_token_ids)
-            generated = len(state.output_token_ids)
+            tokens = list(state.prompt_token_ids) + list(state.output_token_ids)
+            cut = self.guikv_first_cuts.get(request_id)
+            prompt_length = len(state.prompt_token_ids) if cut is None else cut.prompt_length
+            prompt_ids = tokens[:prompt_length]
             plan = plan_request(
-                prompt_ids, self.guikv_settings.compression, self.guikv_image_token_ids, generated
+                prompt_ids,
+                self.guikv_settings.compression,
+                self.guikv_image_token_ids,
+                len(tokens) - prompt_length,
             )
-            record = CompressionRecord(request_id, plan.length, plan.kept, plan.left_whole, generated)
+            record = CompressionRecord(request_id, plan.length, plan.kept, plan.left_whole, plan.generated)
             self._count(record)
             if plan.left_whole is not None:
+                if cut is None:
+                    self.guikv_first_cuts[request_id] = FirstCut(state, prompt_length, None)
                 self.guikv_records.append(record)
                 continue
             step = RequestStep(
@@ -256,10 +277,10 @@ class CompressingCPUModelRunner(CPUModelRunner):
                 block_ids=list(state.block_ids[0]),
                 record=record,
             )
-            if plan.resumed:
-                step.first_chosen = self._first_chosen(request_id, plan)
-            else:
+            if cut is None:
                 step.method = build_method(self.guikv_settings.compression)
+            else:
+                step.first_chosen = self._first_chosen(request_id, cut, plan)
             self.guikv_steps.append(step)
 
     def _prompt_layout(self, prompt_ids: list[int], mrope_positions: torch.Tensor | None) -> TokenLayout:
@@ -270,15 +291,14 @@ class CompressingCPUModelRunner(CPUModelRunner):
             layout = layout.with_grids(grids) if grids is not None else layout
         return layout
 
-    def _first_chosen(self, request_id: str, plan: RequestPlan) -> torch.Tensor:
+    def _first_chosen(self, request_id: str, cut: FirstCut, plan: RequestPlan) -> torch.Tensor:
         """The positions a preempted request's prompt kept at its first prefill `[layers, H_kv, C]`."""
-        chosen = self.guikv_first_chosen.get(request_id)
-        if chosen is None or chosen.shape[-1] != plan.kept:
+        if cut.positions is None or cut.positions.shape[-1] != plan.kept:
             raise RuntimeError(
                 f"guikv: request {request_id} is prefilled again after a preemption, but the positions its "
                 f"prompt kept at its first prefill ({plan.kept} per layer and KV head) are not known"
             )
-        return chosen
+        return cut.positions
 
     def _apply_shifts(self, num_scheduled_tokens: np.ndarray) -> None:
         """Compressed requests: attention over `seq_len - shift` entries, cache writes at
@@ -371,7 +391,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
         del self.requests[request_id].block_ids[0][keep_blocks:]
         self.guikv_shift[request_id] = step.plan.evicted
         if step.method is not None:
-            self.guikv_first_chosen[request_id] = torch.stack(step.chosen)
+            state = self.requests[request_id]
+            self.guikv_first_cuts[request_id] = FirstCut(state, step.plan.length, torch.stack(step.chosen))
         self.guikv_totals["seconds"] += step.record.seconds
         self.guikv_records.append(step.record)
 
