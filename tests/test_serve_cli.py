@@ -25,7 +25,7 @@ def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_command_turns_the_plugin_on_with_the_engine_flags_it_needs() -> None:
     command = vllm_command("/models/ui-tars", SETTINGS, "127.0.0.1", 8001, ["--dtype", "bfloat16"])
-    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert command[1:3] == ["-m", "guikv.vllm.api_server"]
     config = json.loads(command[command.index("--additional-config") + 1])
     assert PluginSettings.from_mapping(config["guikv"]) == SETTINGS
     for flag in ("--no-enable-prefix-caching", "--no-enable-chunked-prefill", "--enforce-eager"):

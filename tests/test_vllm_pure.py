@@ -17,6 +17,7 @@ from guikv.methods import build_method
 from guikv.vllm.bridge import gather_kept, request_context
 from guikv.vllm.cache_layout import read_back
 from guikv.vllm.plan import RequestPlan, kept_count, physical_slots, plan_request
+from guikv.vllm.resume import generated_attention, kept_entries
 from guikv.vllm.settings import (
     UNIFORM_METHODS,
     EngineFacts,
@@ -115,6 +116,16 @@ def test_plan_block_counts_are_whole_blocks() -> None:
     assert RequestPlan(length=64, kept=64, left_whole="budget").freed_blocks(32) == 0
 
 
+def test_a_resumed_request_is_planned_from_its_prompt_alone() -> None:
+    prompt = [1] * 20 + [IMAGE] * 300 + [2] * 30
+    config = CompressionConfig(method="gui_kv", budget=10)
+    resumed = plan_request(prompt, config, [IMAGE], generated=150)
+    assert resumed == RequestPlan(350, 35, None, 150) and resumed.resumed
+    assert resumed.evicted == plan_request(prompt, config, [IMAGE]).evicted
+    assert (resumed.kept_blocks(32), resumed.freed_blocks(32)) == (-(-(35 + 150) // 32), 16 - 6)
+    assert plan_request([1] * 400, config, [IMAGE], generated=10).left_whole == "text-only"
+
+
 def test_physical_slots_follow_the_block_table() -> None:
     slots = physical_slots([7, 2, 9], 70, 32)
     assert slots[:3].tolist() == [224, 225, 226]
@@ -198,9 +209,53 @@ def test_gather_kept_puts_each_heads_position_in_its_slot() -> None:
             assert torch.equal(kept[slot, head], rows[keep[head, slot], head * 3 : head * 3 + 3])
 
 
+def decoded_outputs(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    keep: torch.Tensor,
+    length: int,
+    head_dim: int,
+    scale: float,
+) -> torch.Tensor:
+    """Generated rows attended one at a time, as decoding from the compressed cache does: each
+    query head over its KV head's kept prompt entries and the generated entries up to itself."""
+    kv_heads = keep.shape[0]
+    groups = queries.shape[1] // (kv_heads * head_dim)
+    rows = []
+    for row in range(length, keys.shape[0]):
+        heads = []
+        for head in range(groups * kv_heads):
+            kv = head // groups
+            positions = torch.cat([keep[kv], torch.arange(length, row + 1)])
+            k = keys[positions, kv * head_dim : (kv + 1) * head_dim]
+            v = values[positions, kv * head_dim : (kv + 1) * head_dim]
+            q = queries[row, head * head_dim : (head + 1) * head_dim]
+            heads.append(torch.softmax(k @ q * scale, dim=0) @ v)
+        rows.append(torch.cat(heads))
+    return torch.stack(rows)
+
+
+def test_generated_rows_attend_to_the_kept_prompt_and_the_generated_tokens_only() -> None:
+    heads, kv_heads, dim, length, generated = 4, 2, 8, 30, 6
+    generator = torch.Generator().manual_seed(5)
+    queries = torch.randn(length + generated, heads * dim, generator=generator)
+    keys = torch.randn(length + generated, kv_heads * dim, generator=generator)
+    values = torch.randn(length + generated, kv_heads * dim, generator=generator)
+    keep = torch.stack([torch.tensor([0, 3, 7, 20, 29]), torch.tensor([1, 2, 8, 9, 28])])
+    ours = generated_attention(queries, keys, values, keep, length, dim, dim**-0.5)
+    expected = decoded_outputs(queries, keys, values, keep, length, dim, dim**-0.5)
+    assert ours.shape == (generated, heads * dim)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    everything = torch.arange(length).expand(kv_heads, length)
+    full = generated_attention(queries, keys, values, everything, length, dim, dim**-0.5)
+    assert (full - ours).abs().max() > 1e-2
+    assert kept_entries(keep, length, 2).tolist() == [[0, 3, 7, 20, 29, 30, 31], [1, 2, 8, 9, 28, 30, 31]]
+
+
 def test_pure_modules_import_no_vllm() -> None:
     code = (
         "import sys, guikv.vllm.settings, guikv.vllm.plan, guikv.vllm.bridge, guikv.vllm.cache_layout, "
-        "guikv.vllm.entry; assert 'vllm' not in sys.modules, 'vllm imported'"
+        "guikv.vllm.resume, guikv.vllm.entry; assert 'vllm' not in sys.modules, 'vllm imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -107,3 +108,10 @@ def screens() -> list[Path]:
     """The three demo screenshots (AgentNetBench, 1280x720 class; 1196 tokens each for the tiny model)."""
     assert len(SCREENS) == 3
     return SCREENS
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

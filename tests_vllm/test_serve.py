@@ -1,16 +1,18 @@
 """`guikv serve` answered by the official `openai` client on 127.0.0.1: UI-TARS computer-use
 messages with three screenshots (two history steps with their outputs, then the current screen
 and the prompt) as base64 `image_url` parts; a malformed request gets vLLM's OpenAI-style error
-and the server keeps answering; each compressed request is logged with its blocks freed."""
+and the server keeps answering; an image URL the server cannot fetch is a client error (422, one
+line), not a 500 the client retries; each compressed request is logged with its blocks freed."""
 
 from __future__ import annotations
 
 import base64
+import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import free_port
 
 from guikv.agents import ui_tars
 
@@ -26,12 +29,6 @@ HISTORY = [
     "Thought: The settings icon is in the top bar.\nAction: click(start_box='(1840,20)')",
     "Thought: The menu is open; the display entry is second.\nAction: click(start_box='(1700,120)')",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +40,11 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     command += ["--budget", "10", "--port", str(port), "--", "--max-model-len", "8192", "--dtype", "float32"]
     command += ["--block-size", "32", "--kv-cache-memory-bytes", str(256 << 20)]
     command += ["--limit-mm-per-prompt", '{"image": 3}', "--served-model-name", "ui-tars-tiny"]
+    environment = {**os.environ, "VLLM_MEDIA_FETCH_MAX_RETRIES": "1"}
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=environment
+        )
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -129,3 +129,38 @@ def test_malformed_request_gets_an_openai_error_and_the_server_stays_up(
         model="ui-tars-tiny", messages=openai_messages(screens[-1:]), max_tokens=4, temperature=0.0
     )
     assert reply.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.fixture(scope="module")
+def empty_http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local HTTP server over an empty folder (every path is a 404); its base URL."""
+    folder = tmp_path_factory.mktemp("empty-site")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}"
+    finally:
+        site.shutdown()
+
+
+def test_an_image_url_the_server_cannot_fetch_is_a_client_error_in_one_line(
+    server: dict, empty_http_server: str
+) -> None:
+    client = server["client"].with_options(max_retries=0)
+    refused_port = free_port()
+    for url, cause in (
+        (f"http://127.0.0.1:{refused_port}/screen.png", f"cannot connect to host 127.0.0.1:{refused_port}"),
+        (f"{empty_http_server}/screen.png", "HTTP 404 error"),
+    ):
+        parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Click"}]
+        messages = [{"role": "user", "content": parts}]
+        with pytest.raises(openai.UnprocessableEntityError) as raised:
+            client.chat.completions.create(model="ui-tars-tiny", messages=messages, max_tokens=4)
+        message = raised.value.body["message"]
+        assert cause in message and "\n" not in message, message

@@ -12,6 +12,7 @@ from typing import Any
 
 from vllm.platforms.cpu import CpuPlatform
 
+from guikv.vllm.refusal import refused
 from guikv.vllm.settings import EngineFacts, engine_refusal, settings_from_additional_config
 
 WORKER_CLS = "guikv.vllm.worker.CompressingCPUWorker"
@@ -46,8 +47,12 @@ class GuiKVCpuPlatform(CpuPlatform):
 
     @classmethod
     def check_and_update_config(cls, vllm_config: Any) -> None:
-        """vLLM's CPU checks, plus guikv's refusals and classes when the plugin is configured."""
-        settings = settings_from_additional_config(vllm_config.additional_config)
+        """vLLM's CPU checks, plus guikv's refusals (each logged as one line first: `refused`) and
+        classes when the plugin is configured."""
+        try:
+            settings = settings_from_additional_config(vllm_config.additional_config)
+        except ValueError as error:
+            raise refused(str(error)) from None
         if settings is None or vllm_config.model_config is None:
             super().check_and_update_config(vllm_config)
             return
@@ -57,11 +62,9 @@ class GuiKVCpuPlatform(CpuPlatform):
         ):
             current = getattr(owner, attribute)
             if current not in (default, ours):
-                raise ValueError(
-                    f"guikv: {name}={current!r} is set, but the guikv plugin needs its own {name}"
-                )
+                raise refused(f"{name}={current!r} is set, but the guikv plugin needs its own {name}")
             setattr(owner, attribute, ours)
         super().check_and_update_config(vllm_config)
         refusal = engine_refusal(engine_facts(vllm_config))
         if refusal is not None:
-            raise ValueError(f"guikv: {refusal}")
+            raise refused(refusal)

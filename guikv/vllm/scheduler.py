@@ -6,8 +6,10 @@ worker plans the same request from the same token ids, `guikv.vllm.plan`). When 
 output comes back, the request's blocks past its kept ones are freed: the worker has compacted the
 kept entries into the leading blocks during the forward. From then on `ShiftedCoordinator` makes
 vLLM's block accounting see `logical tokens - shift`, so a decode step only asks for a new block
-when the physical cache fills its last one. A preempted request gives all its blocks back as usual
-and is planned again when it is prefilled again.
+when the physical cache fills its last one. A preempted request gives all its blocks back as usual;
+when it is prefilled again (prompt plus generated tokens) it is planned from the prompt of its first
+whole prefill as before, with every later token kept after the prompt's kept entries, so it holds
+and frees exactly the blocks it would have held without the preemption.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from vllm.v1.core.kv_cache_coordinator import KVCacheCoordinatorNoPrefixCache
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+from vllm.v1.request import Request
 
 from guikv.models.adapters import ADAPTERS
 from guikv.vllm.plan import RequestPlan, plan_request
+from guikv.vllm.refusal import refused
 from guikv.vllm.settings import settings_from_additional_config
 
 logger = init_logger(f"vllm.{__name__}")
@@ -37,8 +41,8 @@ class ShiftedCoordinator:
     def __init__(self, inner: KVCacheCoordinatorNoPrefixCache) -> None:
         managers = inner.single_type_managers
         if len(managers) != 1 or type(managers[0]) is not FullAttentionManager:
-            raise ValueError(
-                "guikv needs exactly one full-attention KV cache group, found "
+            raise refused(
+                "the plugin needs exactly one full-attention KV cache group, found "
                 f"{', '.join(type(m).__name__ for m in managers)}"
             )
         self._inner = inner
@@ -115,9 +119,9 @@ class CompressingScheduler(Scheduler):
             raise ValueError("CompressingScheduler needs additional_config.guikv: none was given")
         coordinator = self.kv_cache_manager.coordinator
         if type(coordinator) is not KVCacheCoordinatorNoPrefixCache:
-            raise ValueError(
-                f"guikv needs vLLM's coordinator without prefix caching, got {type(coordinator).__name__}: "
-                "pass --no-enable-prefix-caching"
+            raise refused(
+                "the plugin needs vLLM's coordinator without prefix caching, got "
+                f"{type(coordinator).__name__}: pass --no-enable-prefix-caching"
             )
         self.guikv_settings = settings
         self.guikv_coordinator = ShiftedCoordinator(coordinator)
@@ -125,29 +129,45 @@ class CompressingScheduler(Scheduler):
         hf_config = self.vllm_config.model_config.hf_config
         self.guikv_image_token_ids = ADAPTERS[hf_config.model_type].image_token_ids(hf_config)
         self.guikv_pending: dict[str, RequestPlan] = {}
+        # Per live request: its vLLM request object (vLLM may reuse the id of a finished request)
+        # and the length of the prompt its first whole prefill planned.
+        self.guikv_first_prompts: dict[str, tuple[Request, int]] = {}
         self.guikv_totals = {
             "requests": 0,
             "compressed": 0,
             "prompt_tokens": 0,
             "kept_tokens": 0,
             "blocks_freed": 0,
+            "resumed": 0,
         }
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step
-        (a prompt given as embeddings has no token ids to plan from: the worker skips it too)."""
+        """vLLM's schedule; plans every request whose whole sequence is prefilled in this step from
+        the prompt of its first whole prefill and the tokens after it (a prompt given as embeddings
+        has no token ids to plan from: the worker skips it too)."""
         output = super().schedule(*args, **kwargs)
+        first_prompts = self.guikv_first_prompts
+        for gone in [r for r, (request, _) in first_prompts.items() if self.requests.get(r) is not request]:
+            del first_prompts[gone]
         for request_id, count in output.num_scheduled_tokens.items():
             request = self.requests[request_id]
             whole_prefill = count == request.num_tokens and request.num_computed_tokens == count
-            if not whole_prefill or request.prompt_embeds is not None:
+            if not whole_prefill or request.prompt_token_ids is None or request.prompt_embeds is not None:
                 continue
+            first = first_prompts.setdefault(request_id, (request, len(request.prompt_token_ids)))
+            prompt_length = first[1]
             plan = plan_request(
-                request.all_token_ids, self.guikv_settings.compression, self.guikv_image_token_ids
+                request.all_token_ids[:prompt_length],
+                self.guikv_settings.compression,
+                self.guikv_image_token_ids,
+                request.num_tokens - prompt_length,
             )
-            self.guikv_totals["requests"] += 1
-            self.guikv_totals["prompt_tokens"] += plan.length
-            self.guikv_totals["kept_tokens"] += plan.kept
+            if plan.resumed:
+                self.guikv_totals["resumed"] += 1
+            else:
+                self.guikv_totals["requests"] += 1
+                self.guikv_totals["prompt_tokens"] += plan.length
+                self.guikv_totals["kept_tokens"] += plan.kept
             if plan.left_whole is None:
                 self.guikv_pending[request_id] = plan
             elif self.guikv_settings.log_requests:
@@ -169,9 +189,19 @@ class CompressingScheduler(Scheduler):
             if request is None or request.is_finished():
                 continue
             freed = self.guikv_coordinator.release(request_id, plan)
-            self.guikv_totals["compressed"] += 1
+            self.guikv_totals["compressed"] += not plan.resumed
             self.guikv_totals["blocks_freed"] += freed
-            if self.guikv_settings.log_requests:
+            if self.guikv_settings.log_requests and plan.resumed:
+                logger.info(
+                    "guikv: request %s resumed after preemption: %d prompt tokens, kept %d as first chosen "
+                    "+ %d generated, %d blocks freed",
+                    request_id,
+                    plan.length,
+                    plan.kept,
+                    plan.generated,
+                    freed,
+                )
+            elif self.guikv_settings.log_requests:
                 totals = self.guikv_totals
                 logger.info(
                     "guikv: request %s: %d prompt tokens, kept %d per layer and KV head, %d blocks freed "

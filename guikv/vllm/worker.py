@@ -15,8 +15,11 @@ entries into the request's leading blocks; afterwards, attend over the shorter c
 4. on every later step, the request's attention sees `seq_len - shift` entries and new tokens are
    written at `position - shift`, while RoPE positions stay logical (`num_computed_tokens`).
 
-A request prefilled again from position 0 (preemption, recompute) is planned and compressed
-again from its new prefill.
+A request prefilled again from position 0 after vLLM preempted it (recompute: prompt plus every
+generated token) continues from the cache it had: its first whole prefill's cut (`FirstCut`: the
+prompt length and the positions first chosen, `layers x H_kv x C` ints, kept until the request
+finishes) is kept again, and every later row attends as it did while decoding
+(`guikv.vllm.resume`). Layouts come from that prompt alone.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from guikv.vllm.bridge import request_context
 from guikv.vllm.cache_layout import KNOWN_LAYOUT_ISAS
 from guikv.vllm.compaction import compact
 from guikv.vllm.plan import RequestPlan, plan_request
+from guikv.vllm.refusal import refused
+from guikv.vllm.resume import generated_attention, kept_entries
 from guikv.vllm.settings import PluginSettings, settings_from_additional_config
 
 logger = init_logger(f"vllm.{__name__}")
@@ -57,13 +62,15 @@ RECENT_RECORDS = 4096
 @dataclass
 class CompressionRecord:
     """What the worker did with one prefill: prompt length, kept count per layer and KV head, why
-    it was left whole (None when compressed), scoring + compaction wall time, and (when the
-    settings ask for it) the kept positions per layer `[H_kv, C]`."""
+    it was left whole (None when compressed), the generated tokens prefilled again after a
+    preemption (0 for a first prefill), scoring + compaction wall time, and (when the settings ask
+    for it) the prompt's kept positions per layer `[H_kv, C]`."""
 
     request_id: str
     prompt_tokens: int
     kept: int
     left_whole: str | None
+    generated: int = 0
     seconds: float = 0.0
     positions: list[torch.Tensor] = field(default_factory=list)
 
@@ -71,7 +78,9 @@ class CompressionRecord:
 @dataclass
 class RequestStep:
     """A request being compressed in the current step: its rows `[start, end)` in the step's flat
-    tensors, its plan and layout, its block ids, the method object scoring it, and its record."""
+    tensors, its plan and layout, its block ids, its record, and either the method object scoring
+    it (a first prefill; `chosen` collects its kept positions layer by layer) or, for a preempted
+    request's re-prefill, the positions first chosen `[layers, H_kv, C]`."""
 
     row: int
     start: int
@@ -79,8 +88,22 @@ class RequestStep:
     plan: RequestPlan
     layout: TokenLayout
     block_ids: list[int]
-    method: Method
     record: CompressionRecord
+    method: Method | None = None
+    first_chosen: torch.Tensor | None = None
+    chosen: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FirstCut:
+    """What a request's first whole prefill kept: the runner's state object of that request (vLLM
+    may reuse the id of a finished request for a new one), the prompt length, and the positions
+    kept per layer and KV head `[layers, H_kv, C]` (None when the prompt was left whole). Every
+    token after that prompt (generated, or appended by a streaming-input session) is kept whole."""
+
+    state: Any
+    prompt_length: int
+    positions: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -102,15 +125,31 @@ def decoder_attentions(model: nn.Module) -> list[DecoderAttention]:
             continue
         parts = name.split(".")
         if len(parts) < 3 or "layers" not in parts:
-            raise ValueError(f"decoder attention {name!r} is not inside a `layers.N` list: unsupported model")
+            raise refused(f"decoder attention {name!r} is not inside a `layers.N` list: unsupported model")
         index = int(parts[parts.index("layers") + 1])
         found.append(DecoderAttention(index, model.get_submodule(".".join(parts[:-1])), module))
     found.sort(key=lambda layer: layer.index)
     if not found or [layer.index for layer in found] != list(range(len(found))):
-        raise ValueError(
-            "guikv found no contiguous decoder attention layers in this model: unsupported model"
-        )
+        raise refused("found no contiguous decoder attention layers in this model: unsupported model")
     return found
+
+
+def refuse_unreproducible_attention(layer: DecoderAttention) -> None:
+    """Refuse a layer whose attention `guikv.vllm.resume.generated_attention` cannot reproduce
+    (a resumed request's generated rows are attended there): sliding window, soft cap, ALiBi, sinks."""
+    impl = layer.attention.impl
+    features = {
+        "a sliding window": getattr(impl, "sliding_window", -1) not in (None, -1),
+        "a logits soft cap": bool(getattr(impl, "logits_soft_cap", 0)),
+        "ALiBi slopes": getattr(impl, "alibi_slopes", None) is not None,
+        "attention sinks": getattr(impl, "sinks", None) is not None,
+    }
+    found = [name for name, present in features.items() if present]
+    if found:
+        raise refused(
+            f"decoder layer {layer.index}'s attention has {', '.join(found)}: the plugin supports "
+            "plain causal attention only"
+        )
 
 
 class CompressingCPUModelRunner(CPUModelRunner):
@@ -122,6 +161,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
 
     guikv_settings: PluginSettings
     guikv_shift: dict[str, int]
+    guikv_first_cuts: dict[str, FirstCut]
     guikv_steps: list[RequestStep]
     guikv_records: deque[CompressionRecord]
     guikv_totals: dict[str, float]
@@ -133,6 +173,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
         self.guikv_settings = settings
         self.guikv_image_token_ids = adapter.image_token_ids(self.model_config.hf_config)
         self.guikv_shift = {}
+        self.guikv_first_cuts = {}
         self.guikv_steps = []
         self.guikv_records = deque(maxlen=RECENT_RECORDS)
         self.guikv_totals = {
@@ -140,6 +181,7 @@ class CompressingCPUModelRunner(CPUModelRunner):
             "compressed": 0,
             "prompt_tokens": 0,
             "kept_tokens": 0,
+            "resumed": 0,
             "seconds": 0.0,
         }
         self.guikv_hidden: dict[int, torch.Tensor] = {}
@@ -152,12 +194,13 @@ class CompressingCPUModelRunner(CPUModelRunner):
         head_dim = self.model_config.get_head_size()
         isa = _get_attn_isa(self.dtype, self.cache_config.block_size, head_dim, self.cache_config.cache_dtype)
         if isa not in KNOWN_LAYOUT_ISAS:
-            raise ValueError(
+            raise refused(
                 f"CPU attention kernel {isa!r} (dtype {self.dtype}, head_dim {head_dim}) has a cache layout "
                 f"guikv has not verified: expected one of {KNOWN_LAYOUT_ISAS} (fp32/fp16; bf16 without AMX)"
             )
         self.guikv_layers = decoder_attentions(self.model)
         for layer in self.guikv_layers:
+            refuse_unreproducible_attention(layer)
             layer.module.register_forward_pre_hook(self._keep_attention_input(layer.index), with_kwargs=True)
             layer.attention.register_forward_hook(self._compress_layer(layer), with_kwargs=True)
 
@@ -166,8 +209,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
         groups = kv_cache_config.kv_cache_groups
         if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
-            raise ValueError(
-                f"guikv needs one KV cache group of full attention, found {len(groups)} group(s) "
+            raise refused(
+                f"the plugin needs one KV cache group of full attention, found {len(groups)} group(s) "
                 f"({', '.join(type(g.kv_cache_spec).__name__ for g in groups)})"
             )
 
@@ -191,11 +234,14 @@ class CompressingCPUModelRunner(CPUModelRunner):
                 self._finish_request(step)
 
     def _plan_step(self, num_scheduled_tokens: np.ndarray) -> None:
-        """Find the requests whose whole sequence is prefilled in this step and plan them; forget
-        the shifts of requests that have left."""
+        """Find the requests whose whole sequence is prefilled in this step and plan them from
+        their first prompts; forget the shifts and first cuts of requests that have finished (a
+        preempted request stays in `self.requests`)."""
         self.guikv_steps = []
         for gone in [r for r in self.guikv_shift if r not in self.requests]:
             del self.guikv_shift[gone]
+        for gone in [r for r, cut in self.guikv_first_cuts.items() if self.requests.get(r) is not cut.state]:
+            del self.guikv_first_cuts[gone]
         batch = self.input_batch
         starts = np.concatenate([[0], np.cumsum(num_scheduled_tokens)])
         for row, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
@@ -205,31 +251,54 @@ class CompressingCPUModelRunner(CPUModelRunner):
             state = self.requests[request_id]
             if int(num_scheduled_tokens[row]) != state.num_tokens or state.prompt_token_ids is None:
                 continue
-            token_ids = list(state.prompt_token_ids) + list(state.output_token_ids)
-            plan = plan_request(token_ids, self.guikv_settings.compression, self.guikv_image_token_ids)
-            record = CompressionRecord(request_id, plan.length, plan.kept, plan.left_whole)
+            tokens = list(state.prompt_token_ids) + list(state.output_token_ids)
+            cut = self.guikv_first_cuts.get(request_id)
+            prompt_length = len(state.prompt_token_ids) if cut is None else cut.prompt_length
+            prompt_ids = tokens[:prompt_length]
+            plan = plan_request(
+                prompt_ids,
+                self.guikv_settings.compression,
+                self.guikv_image_token_ids,
+                len(tokens) - prompt_length,
+            )
+            record = CompressionRecord(request_id, plan.length, plan.kept, plan.left_whole, plan.generated)
             self._count(record)
             if plan.left_whole is not None:
+                if cut is None:
+                    self.guikv_first_cuts[request_id] = FirstCut(state, prompt_length, None)
                 self.guikv_records.append(record)
                 continue
-            layout = TokenLayout.from_input_ids(torch.tensor(token_ids), self.guikv_image_token_ids)
-            if state.mrope_positions is not None and layout.image_spans:
-                grids = grids_from_positions(
-                    state.mrope_positions[:, None, : plan.length], layout.image_spans
-                )
-                layout = layout.with_grids(grids) if grids is not None else layout
-            self.guikv_steps.append(
-                RequestStep(
-                    row=row,
-                    start=int(starts[row]),
-                    end=int(starts[row + 1]),
-                    plan=plan,
-                    layout=layout,
-                    block_ids=list(state.block_ids[0]),
-                    method=build_method(self.guikv_settings.compression),
-                    record=record,
-                )
+            step = RequestStep(
+                row=row,
+                start=int(starts[row]),
+                end=int(starts[row + 1]),
+                plan=plan,
+                layout=self._prompt_layout(prompt_ids, state.mrope_positions),
+                block_ids=list(state.block_ids[0]),
+                record=record,
             )
+            if cut is None:
+                step.method = build_method(self.guikv_settings.compression)
+            else:
+                step.first_chosen = self._first_chosen(request_id, cut, plan)
+            self.guikv_steps.append(step)
+
+    def _prompt_layout(self, prompt_ids: list[int], mrope_positions: torch.Tensor | None) -> TokenLayout:
+        """The token layout of a prompt, with each screenshot's grid from vLLM's M-RoPE positions."""
+        layout = TokenLayout.from_input_ids(torch.tensor(prompt_ids), self.guikv_image_token_ids)
+        if mrope_positions is not None and layout.image_spans:
+            grids = grids_from_positions(mrope_positions[:, None, : layout.length], layout.image_spans)
+            layout = layout.with_grids(grids) if grids is not None else layout
+        return layout
+
+    def _first_chosen(self, request_id: str, cut: FirstCut, plan: RequestPlan) -> torch.Tensor:
+        """The positions a preempted request's prompt kept at its first prefill `[layers, H_kv, C]`."""
+        if cut.positions is None or cut.positions.shape[-1] != plan.kept:
+            raise RuntimeError(
+                f"guikv: request {request_id} is prefilled again after a preemption, but the positions its "
+                f"prompt kept at its first prefill ({plan.kept} per layer and KV head) are not known"
+            )
+        return cut.positions
 
     def _apply_shifts(self, num_scheduled_tokens: np.ndarray) -> None:
         """Compressed requests: attention over `seq_len - shift` entries, cache writes at
@@ -263,19 +332,29 @@ class CompressingCPUModelRunner(CPUModelRunner):
         in the cache and attended), select each planned request's kept positions and write them
         into its first C slots."""
 
-        def hook(module: Attention, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        def hook(module: Attention, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> None:
             if not self.guikv_steps:
                 return
             queries, keys, values = args[:3]
-            hidden = self.guikv_hidden[layer.index]
             head_dim = module.head_size
             for step in self.guikv_steps:
                 started = time.perf_counter()
+                rows = slice(step.start, step.end)
+                if step.first_chosen is not None:
+                    keep = step.first_chosen[layer.index].to(device=keys.device, dtype=torch.long)
+                    length, generated = step.plan.length, step.plan.generated
+                    output[step.start + length : step.end] = generated_attention(
+                        queries[rows], keys[rows], values[rows], keep, length, head_dim, module.impl.scale
+                    )
+                    entries = kept_entries(keep, length, generated)
+                    compact(module.kv_cache, keys[rows], values[rows], entries, step.block_ids, module.isa)
+                    step.record.seconds += time.perf_counter() - started
+                    continue
                 context = request_context(
                     step.method,
                     queries=queries,
                     keys=keys,
-                    hidden_states=hidden,
+                    hidden_states=self.guikv_hidden[layer.index],
                     start=step.start,
                     end=step.end,
                     head_dim=head_dim,
@@ -291,8 +370,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
                         f"guikv: method {step.method.name!r} kept {keep.shape[-1]} positions in layer "
                         f"{layer.index}, the plan says {step.plan.kept}"
                     )
-                rows = slice(step.start, step.end)
                 compact(module.kv_cache, keys[rows], values[rows], keep, step.block_ids, module.isa)
+                step.chosen.append(keep.to(device="cpu", dtype=torch.int32))
                 if self.guikv_settings.record_positions:
                     step.record.positions.append(keep.cpu())
                 step.record.seconds += time.perf_counter() - started
@@ -301,7 +380,8 @@ class CompressingCPUModelRunner(CPUModelRunner):
 
     def _finish_request(self, step: RequestStep) -> None:
         """After the forward: keep only the leading blocks in the request's block table (the
-        scheduler frees the rest) and remember its shift."""
+        scheduler frees the rest), remember its shift and, after a first prefill, the positions its
+        prompt kept (a re-prefill after a preemption keeps them again)."""
         request_id = step.record.request_id
         keep_blocks = step.plan.kept_blocks(self.input_batch.block_table[0].block_size)
         table = self.input_batch.block_table[0]
@@ -310,11 +390,18 @@ class CompressingCPUModelRunner(CPUModelRunner):
         table.num_blocks_per_row[row] = keep_blocks
         del self.requests[request_id].block_ids[0][keep_blocks:]
         self.guikv_shift[request_id] = step.plan.evicted
+        if step.method is not None:
+            state = self.requests[request_id]
+            self.guikv_first_cuts[request_id] = FirstCut(state, step.plan.length, torch.stack(step.chosen))
         self.guikv_totals["seconds"] += step.record.seconds
         self.guikv_records.append(step.record)
 
     def _count(self, record: CompressionRecord) -> None:
+        """Count a planned prefill: a re-prefill after a preemption only as `resumed`."""
         totals = self.guikv_totals
+        if record.generated:
+            totals["resumed"] += 1
+            return
         totals["requests"] += 1
         totals["compressed"] += record.left_whole is None
         totals["prompt_tokens"] += record.prompt_tokens
@@ -340,8 +427,8 @@ class CompressingCPUWorker(CPUWorker):
         if settings is None:
             raise ValueError("CompressingCPUWorker needs additional_config.guikv: none was given")
         if type(self.model_runner) is not CPUModelRunner:
-            raise ValueError(
-                f"guikv needs vLLM's V1 CPUModelRunner, got {type(self.model_runner).__name__}: "
+            raise refused(
+                f"the plugin needs vLLM's V1 CPUModelRunner, got {type(self.model_runner).__name__}: "
                 "unset VLLM_USE_V2_MODEL_RUNNER"
             )
         self.model_runner.__class__ = CompressingCPUModelRunner
