@@ -2,7 +2,7 @@
 
 The scheduler (which frees blocks) and the worker (which scores and compacts) run in different
 processes and never exchange a message about a request: both call `plan_request` on the same
-token ids with the same settings, and the rule is uniform (`C = int(L * budget / 100)`, the
+token ids with the same settings, and the rule is uniform (`C = ⌊L · budget / 100⌋`, the
 transformers path's capacity), so they agree on the kept count and hence on the blocks freed.
 
 A request preempted by vLLM (recompute preemption) is prefilled again from its prompt followed by
@@ -60,7 +60,7 @@ class RequestPlan:
 
 
 def kept_count(length: int, budget: float) -> int:
-    """The uniform per-layer capacity of the transformers path: `max(1, int(L * budget / 100))`."""
+    """The uniform per-layer capacity of the transformers path: `guikv.config.uniform_capacity`."""
     return uniform_capacity(length, budget)
 
 
