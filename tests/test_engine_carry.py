@@ -228,3 +228,18 @@ def test_each_step_scores_its_new_screenshot_as_the_current_one(tiny_sdpa):
         kept = trajectory.step(screen).kept_by_origin
         newest = kept.get(f"screenshot {step}", 0.0)
         assert newest > 0.8 * sum(value for label, value in kept.items() if label.startswith("screenshot"))
+
+
+def test_a_turn_that_does_not_extend_the_previous_prompt_is_refused(tiny_sdpa):
+    from guikv.agents import get_family
+    from guikv.models.inputs import qwen_turn_inputs
+
+    _, processor = tiny_sdpa
+    family = get_family("ui-tars")
+    first, second = screens(2)
+    before = family.trajectory_messages(TASK, [first], [])
+    assert qwen_turn_inputs(processor, before, family.trajectory_messages(TASK, [first, second], ["x"]))
+    with pytest.raises(ValueError, match="does not extend the previous prompt"):
+        qwen_turn_inputs(
+            processor, before, family.trajectory_messages("another task", [first, second], ["x"])
+        )

@@ -86,6 +86,18 @@ def history_text(step_number: int, entry: HistoryEntry) -> str:
     return f"{header}Step {step_number}:\n{entry}"
 
 
+def check_steps(screenshots: Sequence[Any], history: Sequence[Any], name: str) -> None:
+    """Refuse a prompt without a current screenshot, or whose `name` list does not hold one entry
+    per earlier step."""
+    if not screenshots:
+        raise UserInputError("a computer-use prompt needs at least the current screenshot")
+    if len(history) != len(screenshots) - 1:
+        raise UserInputError(
+            f"{name} must have one entry per earlier step: got {len(history)} for {len(screenshots)} "
+            f"screenshots (expected {len(screenshots) - 1})"
+        )
+
+
 def computer_use_conversation(
     prompt: str,
     screenshots: Sequence[ImageLike | None],
@@ -105,13 +117,7 @@ def computer_use_conversation(
     Every earlier screenshot sits directly before its own step's text, for every family (this
     fixes bug B4, where OpenCUA got stale screenshots for the wrong steps).
     """
-    if not screenshots:
-        raise UserInputError("computer-use prompt needs at least the current screenshot")
-    if len(history_outputs) != len(screenshots) - 1:
-        raise UserInputError(
-            f"history_outputs must have one entry per earlier step: got {len(history_outputs)} "
-            f"for {len(screenshots)} screenshots (expected {len(screenshots) - 1})"
-        )
+    check_steps(screenshots, history_outputs, "history_outputs")
     if max_history_screenshots < 0 or history_window < 0:
         raise UserInputError(
             "max_history_screenshots and history_window must be >= 0, got "
@@ -155,13 +161,7 @@ def trajectory_conversation(
     dropped, their answers kept), as the desktop agent does; `answers` holds one entry per
     earlier step.
     """
-    if not screenshots:
-        raise UserInputError("a trajectory prompt needs at least the current screenshot")
-    if len(answers) != len(screenshots) - 1:
-        raise UserInputError(
-            f"answers must have one entry per earlier step: got {len(answers)} for {len(screenshots)} "
-            f"screenshots (expected {len(screenshots) - 1})"
-        )
+    check_steps(screenshots, answers, "answers")
     if max_screenshots is not None and max_screenshots < 1:
         raise UserInputError(f"max_screenshots must be >= 1, got {max_screenshots}")
     first_shown = 0 if max_screenshots is None else len(screenshots) - max_screenshots
