@@ -6,8 +6,10 @@ every position came from (`Segment`: the instruction text, a screenshot, an answ
 step the new turn is fed on top of it; `rescore` then, in each layer right after its forward,
 lays the entries of all heads and the new tokens on one sequence in logical order (the "union"),
 marks which positions each head holds (`LayerContext.present`), lets the method score that
-sequence with the new screenshot as the current one, and cuts the layer to the step's capacity.
-Positions stay logical: a cut layer is a `CutLayer` whose length is the conversation's.
+sequence with the new screenshot as the current one, and decides the layer's cut to the step's
+capacity; the cuts are applied once the first answer token has been predicted from the uncut cache,
+as a re-prefilled step predicts it. Positions stay logical: a cut layer is a `CutLayer` whose
+length is the conversation's.
 """
 
 from __future__ import annotations
@@ -102,6 +104,15 @@ class CarriedCache:
         ]
         self.logical_length += count
 
+    def apply_cuts(self, cuts: dict[int, tuple[torch.Tensor | None, torch.Tensor]]) -> None:
+        """Cut each layer to the slots a step decided (`StepScoring.cuts`: per layer the physical
+        slots to keep, None for all, and the logical positions they hold)."""
+        for index, (slots, logical) in cuts.items():
+            if slots is not None:
+                self.cache.layers[index] = _gathered(self.cache.layers[index], slots)
+            self.positions[index] = logical
+        share_cache(self.cache.layers)
+
     def drop_last(self) -> None:
         """Remove the newest token from every layer (it will be fed again)."""
         for index, layer in enumerate(self.cache.layers):
@@ -178,8 +189,9 @@ class UnionView:
 @dataclass
 class StepScoring:
     """What one step's re-scoring needs and records: the method (its state lives on), the step's
-    capacity per layer, the union layout's segments, and per layer the kept count, plus the time
-    spent scoring and cutting."""
+    capacity per layer, the union layout's segments, and per layer the kept count and the cut
+    decided (`cuts`: the physical slots to keep, None for all, and their logical positions), plus
+    the time spent scoring."""
 
     method: Method
     capacity: int
@@ -190,6 +202,7 @@ class StepScoring:
     record_positions: bool = False
     kept_per_layer: list[int] = field(default_factory=list)
     kept_positions: list[torch.Tensor] = field(default_factory=list)
+    cuts: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
     seconds: float = 0.0
     pending: list[tuple[int, LayerContext, LayerStatistics, UnionView, torch.Tensor]] = field(
         default_factory=list
@@ -197,8 +210,11 @@ class StepScoring:
 
 
 class _Rescorer:
-    """The hooks of one step: fit masks to each layer's stored length, and re-score and cut every
-    layer right after the forward that fed the new turn."""
+    """The hooks of one step: fit masks to each layer's stored length, re-score every layer right
+    after the forward that fed the new turn, and cut the cache after the forward that follows it
+    (the turn's last token fed again by `generate()`): the first answer token is then predicted
+    from the uncut conversation, as a re-prefilled step predicts it, and every later one from the
+    cut cache."""
 
     def __init__(
         self, attentions: Sequence[nn.Module], scoring: StepScoring, attn_implementation: str
@@ -206,6 +222,15 @@ class _Rescorer:
         self.attentions = attentions
         self.scoring = scoring
         self.attn_implementation = attn_implementation
+        self.forwards = 0
+
+    def after_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        """Top-level hook: after the forward that follows the feeding one, apply the cuts."""
+        self.forwards += 1
+        if self.forwards == 2:
+            carried = self.scoring.carried
+            carried.append_fed(1)
+            carried.apply_cuts(self.scoring.cuts)
 
     def fit(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         """Attention pre-hook: fit the mask's key axis to a cut layer's stored entries."""
@@ -238,9 +263,9 @@ class _Rescorer:
             stats = scoring.method.statistics(ctx)
             scoring.pending.append((index, replace(ctx, hidden_states=None), stats, union, held))
             if index == len(self.attentions) - 1:
-                self._cut_pending(forward.cache)
+                self._cut_pending()
         else:
-            self._cut(forward.cache, index, scoring.method.select(ctx), union, held)
+            self._cut(index, scoring.method.select(ctx), union, held)
         scoring.seconds += time.perf_counter() - start
 
     def _context(self, forward: LayerForward, union: UnionView) -> LayerContext:
@@ -270,28 +295,24 @@ class _Rescorer:
             present=present,
         )
 
-    def _cut(self, cache: Any, index: int, keep: torch.Tensor, union: UnionView, held: torch.Tensor) -> None:
-        """Keep the union positions `keep` [1, H_kv, k] in layer `index` (as they are when every
-        held entry is kept)."""
+    def _cut(self, index: int, keep: torch.Tensor, union: UnionView, held: torch.Tensor) -> None:
+        """Decide layer `index`'s cut to the union positions `keep` [1, H_kv, k] (none when every
+        held entry is kept); it is applied after the next forward (`StepScoring.cuts`)."""
         scoring = self.scoring
         logical = union.positions[keep[0].cpu()]
-        if logical.shape[1] < held.shape[1]:
-            slots = torch.searchsorted(held, logical)
-            cache.layers[index] = _gathered(cache.layers[index], slots)
-            share_cache(cache.layers)
-        else:
-            logical = held
+        slots = torch.searchsorted(held, logical) if logical.shape[1] < held.shape[1] else None
+        scoring.cuts[index] = (slots, held if slots is None else logical)
         positions = scoring.carried.positions
         if index < len(positions):
-            positions[index] = logical
+            positions[index] = held
         else:
-            positions.append(logical)
-        scoring.kept_per_layer.append(int(logical.shape[1]))
+            positions.append(held)
+        scoring.kept_per_layer.append(int(scoring.cuts[index][1].shape[1]))
         if scoring.record_positions:
-            scoring.kept_positions.append(logical)
+            scoring.kept_positions.append(scoring.cuts[index][1])
 
-    def _cut_pending(self, cache: Any) -> None:
-        """VL-Cache: every layer is scored; allocate the budgets and cut every layer."""
+    def _cut_pending(self) -> None:
+        """VL-Cache: every layer is scored; allocate the budgets and decide every layer's cut."""
         scoring = self.scoring
         pending, scoring.pending = scoring.pending, []
         sparsities = [stats.layer_sparsity for _, _, stats, _, _ in pending]
@@ -300,7 +321,7 @@ class _Rescorer:
         method = scoring.method
         assert isinstance(method, VLCache)
         for (index, ctx, stats, union, held), budget in zip(pending, budgets, strict=True):
-            self._cut(cache, index, method.select_with_budget(ctx, budget, stats), union, held)
+            self._cut(index, method.select_with_budget(ctx, budget, stats), union, held)
 
 
 def _on_union(keys: torch.Tensor, union: UnionView) -> torch.Tensor:
@@ -328,11 +349,13 @@ def _union_layout(carried: CarriedCache, positions: torch.Tensor, current_grid: 
 
 @contextmanager
 def rescore(model: nn.Module, attentions: Sequence[nn.Module], scoring: StepScoring) -> Iterator[None]:
-    """Inside: every multi-token forward re-scores and cuts each layer (`StepScoring`), every
-    forward's mask is fitted to the cut layers; the hooks are removed on exit."""
+    """Inside: the first forward (the new turn) re-scores each layer (`StepScoring`), the second
+    (its last token fed again) is followed by the cuts, every forward's mask is fitted to the cut
+    layers; the hooks are removed on exit."""
     rescorer = _Rescorer(
         attentions, scoring, str(getattr(model.config, "_attn_implementation", None) or "sdpa")
     )
+    handle = model.register_forward_hook(rescorer.after_model, with_kwargs=True)
     with (
         mask_fitting(),
         attention_hooks(
@@ -342,4 +365,7 @@ def rescore(model: nn.Module, attentions: Sequence[nn.Module], scoring: StepScor
             before=rescorer.fit,
         ),
     ):
-        yield
+        try:
+            yield
+        finally:
+            handle.remove()

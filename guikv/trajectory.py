@@ -198,7 +198,7 @@ class Trajectory:
         carried.add_segments(
             [Segment(start + length, start + length + int(generated.numel()), "answer", index)]
         )
-        carried.append_fed(int(generated.numel()))
+        carried.append_fed(int(generated.numel()) - 1)
         self.token_ids.extend(generated.tolist())
         self.next_position = next_position + int(generated.numel()) - 1
         tokens = until_eos(generated, eos_ids(self.model))

@@ -243,3 +243,16 @@ def test_a_turn_that_does_not_extend_the_previous_prompt_is_refused(tiny_sdpa):
         qwen_turn_inputs(
             processor, before, family.trajectory_messages("another task", [first, second], ["x"])
         )
+
+
+@pytest.mark.parametrize("method", ["snapkv", "gui_kv", "star_kv", "vlcache"])
+def test_the_first_answer_token_is_predicted_from_the_uncut_cache(tiny_sdpa, method: str):
+    """As at a re-prefill, the step's cut applies after its first answer token: at step 0 (nothing
+    cut before) that token is the full cache's, at 10% too."""
+    model, processor = tiny_sdpa
+    config = CompressionConfig(method=method, budget=10)
+    for screen in screens(2):
+        trajectory = Trajectory(model, processor, config, TASK, max_new_tokens=NEW_TOKENS)
+        result = trajectory.step(screen)
+        reference = replay(model, trajectory, len(result.generated_ids))
+        assert result.generated_ids[0] == int(reference.sequences[0, -len(reference.logits)])
