@@ -723,8 +723,8 @@ def _carried(summary: dict[str, Any]) -> bool:
 
 def _prefilled(summary: dict[str, Any]) -> str:
     """A run's mean prefilled and prompt tokens per step, `312 of 1450`; a dash when unmeasured."""
-    prefill = summary.get("prefill") or {}
-    if prefill.get("prompt_tokens_mean") is None:
+    prefill = summary["prefill"]
+    if prefill["prompt_tokens_mean"] is None:
         return "—"
     return f"{prefill['prefilled_tokens_mean']:.0f} of {prefill['prompt_tokens_mean']:.0f}"
 

@@ -27,7 +27,7 @@ from benchmarks import get_benchmark
 from benchmarks.carried import BrokenTrajectory, CarriedCall, CarriedPlayer, CarriedResponder
 from benchmarks.rescore import rescore_run
 from benchmarks.rundir import CONFIG_FILE, run_directory
-from benchmarks.runner import CARRIED_FIELDS, Call, Reply, RunEvents, run
+from benchmarks.runner import CARRIED_FIELDS, Call, Reply, RunEvents, prefill_tokens, run
 from guikv.agents import get_family
 from guikv.agents.prompting import messages_json
 from guikv.config import CompressionConfig
@@ -149,6 +149,17 @@ def test_a_carried_run_prefills_only_each_new_turn_of_the_native_conversation(
     assert summary["prefill"] == {"prompt_tokens_mean": prompt, "prefilled_tokens_mean": prefilled}
     assert prefilled < prompt / 2
     assert "gui_kv carried" in result.out and f"{prefilled:.0f} of {prompt:.0f}" in result.out
+
+
+def test_the_summary_s_prefill_counts_a_re_prefilled_call_s_whole_prompt() -> None:
+    rows = [
+        {"prompt_tokens": 100, "kv_bytes_full": 8},
+        {"prompt_tokens": 300, "prefilled_tokens": 50, "kv_bytes_full": 8},
+        {"prompt_tokens": 900, "prefilled_tokens": 0, "kv_bytes_full": 0, "error": "RuntimeError: failed"},
+    ]
+    assert prefill_tokens(rows) == {"prompt_tokens_mean": 200, "prefilled_tokens_mean": 75}
+    oracle = [{"prompt_tokens": 0, "kv_bytes_full": 0, "error": None}]
+    assert prefill_tokens(oracle) == {"prompt_tokens_mean": None, "prefilled_tokens_mean": None}
 
 
 def test_a_carried_run_has_a_directory_of_its_own_and_a_re_prefilled_one_keeps_its_own() -> None:
