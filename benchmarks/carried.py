@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.agentnetbench import AgentNetStep, PastStep
 from benchmarks.common import image_size
-from benchmarks.rundir import Record, is_failed
+from benchmarks.rundir import Record
 from benchmarks.runner import CARRIED_FIELDS, COST_FIELDS, Call, Play, Player, Reply
 from benchmarks.scoring import ScoringInput
 from guikv.agents import AgentFamily, Message
@@ -63,7 +63,6 @@ def trajectory_prompt(
     return family.trajectory_messages(sample.instruction, shots, list(answers), screenshots)
 
 
-@dataclass
 class CarriedPlayer(Player):
     """Plays AgentNetBench steps in the native multi-turn layout, each a `CarriedCall` whose history
     is the model's own answers of the earlier fed steps of its trajectory, and adds the reply's
@@ -85,7 +84,7 @@ class CarriedPlayer(Player):
             screenshot=sample.image,
         )
         turn = yield from self._call(sample, call)
-        shown = earlier[len(earlier) - min(len(earlier), self.screenshots - 1) :]
+        shown = earlier[max(0, len(earlier) - (self.screenshots - 1)) :]
         extra: Record = {
             "history_screenshots": [past.step_num for past in shown],
             **_zero_carried(),
@@ -96,8 +95,7 @@ class CarriedPlayer(Player):
     def _own_answer(self, task_id: str, past: PastStep) -> str:
         """An earlier fed step's answer: the raw output its record holds (empty when it failed: the
         trajectory's later steps then fail too, see `CarriedResponder`)."""
-        record = self.finished[f"{task_id}/{past.step_num}"]
-        return "" if is_failed(record) else str(record["raw_output"])
+        return str(self.finished[f"{task_id}/{past.step_num}"]["raw_output"])
 
 
 def _zero_carried() -> dict[str, Any]:
