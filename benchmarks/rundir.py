@@ -67,8 +67,10 @@ def format_budget(budget: float) -> str:
 
 
 def run_directory(output: Path, settings: Mapping[str, Any]) -> Path:
-    """`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash of all settings>`."""
-    leaf = f"{settings['method']}-b{format_budget(settings['budget'])}-{settings_hash(settings)}"
+    """`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash of all settings>`, with `-carry`
+    before the hash for a run that carries its cache over each trajectory (setting `carry`)."""
+    carry = "-carry" if settings.get("carry") else ""
+    leaf = f"{settings['method']}-b{format_budget(settings['budget'])}{carry}-{settings_hash(settings)}"
     return output / settings["benchmark"] / model_slug(settings["model"]) / leaf
 
 

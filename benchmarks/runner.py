@@ -78,6 +78,18 @@ COST_FIELDS: tuple[str, ...] = (
 )
 """Cost numbers of every record (all 0 for the oracle, which runs no model)."""
 
+CARRIED_FIELDS: tuple[str, ...] = (
+    "carried_step",
+    "prefilled_tokens",
+    "carried_tokens",
+    "evicted_screenshots",
+    "kept_by_origin",
+)
+"""What a step of a carried AgentNetBench run adds to its record (`benchmarks.carried`, from
+`CarriedStepResult.to_dict()`): the step's number in its carried trajectory, the tokens actually
+prefilled (the new turn), the entries per layer and KV head carried in, the screenshots the window
+evicted and the kept entries per origin."""
+
 RECORD_FIELDS: tuple[str, ...] = (
     "sample_id",
     "benchmark",
@@ -88,13 +100,15 @@ RECORD_FIELDS: tuple[str, ...] = (
     "ground_truth",
     "error",
     "history_screenshots",
+    *CARRIED_FIELDS,
     "scroll_outputs",
     "prompts",
 )
-"""The fields a trace record has before its score fields (`history_screenshots` for AgentNetBench
-and `scroll_outputs` for Mind2Web only); after the score fields comes `scoring_input`. `prompts`
-holds what the model was asked, one conversation per model call (`messages_json`: texts as
-written, screenshots as file paths), so a wrong answer can be audited."""
+"""The fields a trace record has before its score fields (`history_screenshots` for AgentNetBench,
+`CARRIED_FIELDS` for a carried AgentNetBench run and `scroll_outputs` for Mind2Web only); after the
+score fields comes `scoring_input`. `prompts` holds what the model was asked, one conversation per
+model call (`messages_json`: texts as written, screenshots as file paths), so a wrong answer can be
+audited."""
 
 SCORING_INPUT = "scoring_input"
 """The record field holding `ScoringInput.to_json()`: what `--rescore` scores the raw output against."""
@@ -106,10 +120,12 @@ where work (FLOPs, seconds, tokens generated) is summed."""
 
 @dataclass(frozen=True)
 class Reply:
-    """One model call's text and its cost numbers (keys `COST_FIELDS`)."""
+    """One model call's text, its cost numbers (keys `COST_FIELDS`) and the record fields a
+    responder adds beyond them (`extra`: a carried step's `CARRIED_FIELDS`)."""
 
     text: str
     costs: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def zero_costs() -> dict[str, float]:
@@ -133,8 +149,9 @@ class Responder(Protocol):
     """Answers prompts, one or a batch at a time: a real model through `run_step`, or the oracle.
 
     `stateful` says whether an answer depends on the calls before it in the same context (a
-    compression method with state, STaR-KV): the runner gives every `state_group` a fresh
-    `new_context()` and re-runs an unfinished group from its first sample on resume. `can_batch`
+    compression method with state, STaR-KV; a cache carried over a trajectory): the runner gives
+    every `state_group` a fresh `new_context()` and re-runs an unfinished group from its first
+    sample on resume. `can_batch`
     says whether `reply` takes more than one call at a time.
     """
 
@@ -285,13 +302,14 @@ class RunEvents:
 @dataclass
 class _Turn:
     """One model call of a sample: the prompt it was asked, its text, every action parsed from it
-    (in order), costs and the error if it failed."""
+    (in order), costs, the error if it failed and the reply's `extra` record fields."""
 
     prompt: list[Message]
     text: str
     actions: list[Action]
     costs: dict[str, float]
     error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def action(self) -> Action:
@@ -307,7 +325,7 @@ Play = Generator[Call, Answer, Record]
 
 
 @dataclass
-class _Player:
+class Player:
     """Plays samples of one benchmark against a responder and turns each into a trace record,
     handing it to `done` (which writes it) as soon as it is finished."""
 
@@ -396,7 +414,7 @@ class _Player:
             )
             return _Turn(call.messages, "", [Action.unparsed("")], zero_costs(), message)
         actions = parse_output(self.family, answer.text, call.image_size)
-        return _Turn(call.messages, answer.text, actions, answer.costs)
+        return _Turn(call.messages, answer.text, actions, answer.costs, extra=dict(answer.extra))
 
     def _record(self, sample: Any, turns: list[_Turn], scoring: ScoringInput, extra: Record) -> Record:
         """The trace record of a finished sample: its final output scored through `score_output`."""
@@ -523,6 +541,20 @@ def savings(records: Sequence[Record]) -> dict[str, float | None]:
     }
 
 
+def prefill_tokens(records: Sequence[Record]) -> dict[str, float | None]:
+    """Mean prompt tokens and mean tokens actually prefilled per model call, over the records that
+    ran a model without error (None when none did: the oracle). A re-prefilled call prefills its
+    whole prompt; a carried step (`prefilled_tokens` in its record) only its new turn."""
+    measured = [r for r in records if not r.get("error") and r.get("kv_bytes_full")]
+    if not measured:
+        return {"prompt_tokens_mean": None, "prefilled_tokens_mean": None}
+    return {
+        "prompt_tokens_mean": sum(r["prompt_tokens"] for r in measured) / len(measured),
+        "prefilled_tokens_mean": sum(r.get("prefilled_tokens", r["prompt_tokens"]) for r in measured)
+        / len(measured),
+    }
+
+
 def listed(items: Sequence[SkippedSample]) -> list[dict[str, Any]]:
     """Skipped or excluded samples as JSON: id, reason and the files looked for."""
     return [
@@ -549,7 +581,8 @@ def build_summary(
     excluded: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """`summary.json`: the settings, the benchmark's metrics over the scored `records` (in dataset
-    order; failed samples apart, also shown counted as wrong), the compression savings, what was
+    order; failed samples apart, also shown counted as wrong), the compression savings, the mean
+    prompt and prefilled tokens per model call (`prefill_tokens`), what was
     scored, skipped (missing files, as `listed`), excluded and failed, and the guikv version that
     scored it."""
     scored = [record for record in records if not is_failed(record)]
@@ -566,6 +599,7 @@ def build_summary(
         "metric_columns": list(spec.metric_columns),
         "metrics": spec.summarize(scored, skipped_ids, [record["sample_id"] for record in failed]),
         "savings": savings(records),
+        "prefill": prefill_tokens(records),
         "samples_scored": len(scored),
         "samples_skipped": len(skipped),
         "skipped": [dict(item) for item in skipped],
@@ -593,6 +627,7 @@ def run(
     shard: Shard | None = None,
     events: RunEvents | None = None,
     batch_size: int = 1,
+    player: type[Player] = Player,
 ) -> dict[str, Any] | None:
     """Evaluate every sample of `loaded` not yet in `run_dir`'s trace and write the summary.
 
@@ -613,7 +648,10 @@ def run(
     With a stateful responder the answers depend on sample order within a `state_group`: each group
     starts a new context, and a group left unfinished (interrupted, or with a failed sample to
     retry) is run again from its first sample, so a resumed run gives the numbers of an
-    uninterrupted one.
+    uninterrupted one (a carried trajectory, `benchmarks.carried`, cannot be resumed mid-way).
+
+    `player` plays each sample: `Player` builds each benchmark's prompt (the paper's layout), a
+    subclass another layout (`benchmarks.carried.CarriedPlayer`: the native multi-turn one).
     """
     shard = shard or Shard()
     events = events or RunEvents()
@@ -641,9 +679,9 @@ def run(
                 finished[sample.sample_id] = record
                 events.advance()
 
-            player = _Player(spec, family, responder, screenshots, finished, done, events)
+            playing = player(spec, family, responder, screenshots, finished, done, events)
             batcher = Batcher(responder.reply, batch_size, events.note)
-            drive((player.lane(samples) for samples in sequences(mine)), batcher)
+            drive((playing.lane(samples) for samples in sequences(mine)), batcher)
         shard.barrier()
         if not shard.is_main:
             return None
@@ -686,7 +724,8 @@ def _prepare(
 
 def _restart_unfinished_groups(run_dir: Path, samples: Sequence[Any], events: RunEvents) -> None:
     """Stateful responder: take the finished records of every `state_group` that still has a pending
-    sample out of the trace, so the group runs again from its first sample with a fresh state."""
+    sample out of the trace, so the group runs again from its first sample with a fresh context (a
+    fresh method state, or a new carried trajectory)."""
     trace = run_dir / SAMPLES_FILE
     records = read_trace(trace).records
     done = {record["sample_id"] for record in records}
@@ -700,8 +739,9 @@ def _restart_unfinished_groups(run_dir: Path, samples: Sequence[Any], events: Ru
         return
     rewrite_trace(trace, [record for record in records if record["sample_id"] not in restarted])
     events.note(
-        f"{run_dir}: the method keeps state over each trajectory; re-running {len(restarted)} finished "
-        "samples of unfinished trajectories from their first step"
+        f"{run_dir}: answers depend on the earlier steps of their trajectory (a method with state, or a "
+        f"carried cache); re-running {len(restarted)} finished samples of unfinished trajectories from "
+        "their first step"
     )
 
 

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
+from benchmarks.carried import CarriedPlayer, CarriedResponder
 from benchmarks.common import BenchmarkSpec, LoadResult
 from benchmarks.flags import parse_percentages, quiet_transformers
 from benchmarks.locations import data_paths
@@ -39,6 +40,7 @@ from benchmarks.runner import (
     ORACLE,
     ModelResponder,
     OracleResponder,
+    Player,
     Responder,
     RunEvents,
     Shard,
@@ -89,6 +91,7 @@ _KEY_TYPES: dict[str, str] = {
     "resume": "bool",
     "retry_failed": "bool",
     "batch_size": "int",
+    "carry": "bool",
     "device": "text",
     "dtype": "text",
     "attn": "text",
@@ -135,6 +138,7 @@ class EvalRequest:
     resume: bool
     retry_failed: bool
     batch_size: int
+    carry: bool
     device: str
     dtype: str
     attn: str
@@ -184,6 +188,15 @@ def eval_command(
         "--batch-size",
         help="Samples per batched model call (independent samples only: AgentNetBench batches "
         "steps of different trajectories); halved on out of memory. Not a run setting.",
+    ),
+    carry: bool = typer.Option(
+        False,
+        "--carry",
+        help="AgentNetBench: carry each trajectory's compressed cache from step to step. The prompt is "
+        "the native multi-turn layout (instruction first, each screenshot and the model's own answer "
+        "as turns, the --screenshots most recent screenshots kept) instead of the paper's; each step "
+        "prefills only its new turn; records add the tokens prefilled. A run of its own (directory "
+        "...-carry-...). Not with --batch-size > 1, the oracle or OpenCUA.",
     ),
     rescore_runs: bool = typer.Option(
         False,
@@ -312,6 +325,9 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
     else:
         budgets = parse_percentages(",".join(f"{budget:g}" for budget in budgets), "--config budgets")
     oracle = str(values["model"]) == ORACLE
+    carry = bool(values.get("carry"))
+    if carry:
+        check_carry_request(specs, values["batch_size"], oracle)
     if oracle and compression.get("method") == ORACLE:
         del compression["method"]  # an oracle run's own config.yaml, passed back as --config
     configs = tuple(dict.fromkeys(config_with_knobs(knobs, **compression, budget=b) for b in budgets))
@@ -333,10 +349,29 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
         resume=values["resume"],
         retry_failed=values["retry_failed"],
         batch_size=values["batch_size"],
+        carry=carry,
         device=values["device"],
         dtype=values["dtype"],
         attn=values["attn"],
     )
+
+
+def check_carry_request(specs: Sequence[BenchmarkSpec], batch_size: int, oracle: bool) -> None:
+    """Refuse `--carry` where no cache can be carried: a benchmark without trajectories, a batch
+    (a trajectory's steps run one after another, one trajectory at a time), the oracle (no model)."""
+    others = [spec.name for spec in specs if spec.name != agentnetbench.SPEC.name]
+    if others:
+        raise UserInputError(
+            f"--carry: {others[0]} has no trajectories to carry a cache through; only agentnetbench does "
+            "(drop --carry or the benchmark)"
+        )
+    if batch_size > 1:
+        raise UserInputError(
+            f"--carry runs one step of one trajectory at a time (each step continues its trajectory's "
+            f"cache); expected --batch-size 1, got {batch_size}"
+        )
+    if oracle:
+        raise UserInputError("--carry: the oracle runs no model, so it has no cache to carry (drop --carry)")
 
 
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
@@ -402,14 +437,16 @@ def make_shard(device: str) -> tuple[Shard, str]:
 @dataclasses.dataclass(frozen=True)
 class _Agent:
     """What answers the benchmarks: its model id for settings, family, resolved dtype/attention (None
-    for the oracle), whether it can answer a batch of prompts at once, and a factory of responders
-    per compression config and token cap."""
+    for the oracle), whether it can answer a batch of prompts at once and carry a cache over a
+    trajectory, and a factory of responders per compression config and token cap (carried ones
+    with `--carry`)."""
 
     model_id: str
     family: AgentFamily
     dtype: str | None
     attn: str | None
     can_batch: bool
+    can_carry: bool
     responder: Callable[[CompressionConfig, int], Responder]
 
 
@@ -417,8 +454,8 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     """The oracle, or the model loaded once for every benchmark and budget."""
     if request.model == ORACLE:
         oracle = OracleResponder(get_family("ui-tars" if request.family == "auto" else request.family))
-        return _Agent(ORACLE, oracle.family, None, None, True, lambda config, tokens: oracle)
-    from guikv.models import load
+        return _Agent(ORACLE, oracle.family, None, None, True, False, lambda config, tokens: oracle)
+    from guikv.models import adapter_for, load
     from guikv.models.loading import DTYPES, resolve_attention, resolve_device, resolve_dtype
 
     quiet_transformers()
@@ -431,14 +468,15 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     family = get_family(detect_family(model.config) if request.family == "auto" else request.family)
     path = Path(request.model).expanduser()
     model_id = str(path.resolve()) if path.is_dir() else request.model
-    return _Agent(
-        model_id,
-        family,
-        dtype,
-        attn,
-        model_can_batch(model),
-        lambda config, tokens: ModelResponder(model, processor, config, tokens),
-    )
+
+    def responder(config: CompressionConfig, tokens: int) -> Responder:
+        """The model's responder for one run: carried over each trajectory with `--carry`."""
+        if request.carry:
+            return CarriedResponder(model, processor, config, tokens, family, request.screenshots)
+        return ModelResponder(model, processor, config, tokens)
+
+    can_carry = adapter_for(model).carrying is not None
+    return _Agent(model_id, family, dtype, attn, model_can_batch(model), can_carry, responder)
 
 
 def check_batch_size(request: EvalRequest, agent: _Agent) -> None:
@@ -451,6 +489,16 @@ def check_batch_size(request: EvalRequest, agent: _Agent) -> None:
         )
 
 
+def check_carry(request: EvalRequest, agent: _Agent) -> None:
+    """Refuse `--carry` for a model whose cache cannot be carried (OpenCUA), before any run directory
+    is touched."""
+    if request.carry and not agent.can_carry:
+        raise UserInputError(
+            f"--carry: {request.model} cannot carry its cache from step to step (the model expands its "
+            "image placeholders itself, so a new turn cannot be fed on a cache); drop --carry"
+        )
+
+
 def run_settings(
     spec: BenchmarkSpec,
     request: EvalRequest,
@@ -460,7 +508,9 @@ def run_settings(
 ) -> dict[str, Any]:
     """Every setting of one run, in the order config.yaml shows them; their hash names the directory.
     The oracle compresses nothing: its method is `oracle` and its budget 100 (its knobs are the
-    defaults, whatever the flags say, so they never make a second oracle run directory)."""
+    defaults, whatever the flags say, so they never make a second oracle run directory). A carried
+    run (`--carry`) ends with `carry: true`; a re-prefilled one has no `carry` key, so its directory
+    is the one it had before carrying existed."""
     oracle = agent.model_id == ORACLE
     compression = (CompressionConfig() if oracle else config).to_dict()
     method, budget = compression.pop("method"), float(compression.pop("budget"))
@@ -488,6 +538,7 @@ def run_settings(
         "attn": agent.attn,
         "instruction_level": request.instruction_level if spec.name == androidcontrol.SPEC.name else None,
         **compression,
+        **({"carry": True} if request.carry else {}),
     }
 
 
@@ -565,6 +616,7 @@ def execute(request: EvalRequest) -> None:
     with status(display.console, f"loading {request.model}"):
         agent = make_agent(request, device)
     check_batch_size(request, agent)
+    check_carry(request, agent)
     tables: list[Table] = []
     warnings: list[dict[str, Any]] = []
     finished = 0
@@ -589,6 +641,7 @@ def execute(request: EvalRequest) -> None:
                     shard=shard,
                     events=display.events(),
                     batch_size=request.batch_size,
+                    player=CarriedPlayer if request.carry else Player,
                 )
                 finished += 1
                 if summary is not None:
@@ -663,19 +716,35 @@ def _saved(value: Any) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _carried(summary: dict[str, Any]) -> bool:
+    """Whether a run carried its cache over each trajectory (`--carry`)."""
+    return bool(summary["config"].get("carry"))
+
+
+def _prefilled(summary: dict[str, Any]) -> str:
+    """A run's mean prefilled and prompt tokens per step, `312 of 1450`; a dash when unmeasured."""
+    prefill = summary["prefill"]
+    if prefill["prompt_tokens_mean"] is None:
+        return "—"
+    return f"{prefill['prefilled_tokens_mean']:.0f} of {prefill['prompt_tokens_mean']:.0f}"
+
+
 def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> Table:
     """One benchmark's results: a row per method and budget, its own metric columns (in %, each ±
     its standard error), decode FLOPs and KV memory saved (%), and how many samples were scored,
     skipped (and failed); a run with failed samples gets a second row with its metrics counting
-    them as wrong."""
+    them as wrong. With a carried run (`--carry`) its method reads `METHOD carried` and a column
+    gives each run's mean prefilled of prompt tokens per step."""
     first = summaries[0]
     failed = any(s["samples_failed"] for s in summaries)
+    carried = any(_carried(s) for s in summaries)
     headers = [
         "method",
         "budget %",
         *(metric_header(column) for column in spec.metric_columns),
         "decode\nFLOPs\nsaved %",
         "KV\nsaved %",
+        *(("prefilled\ntokens\nper step",) if carried else ()),
         "scored",
         "skipped",
         *(("failed",) if failed else ()),
@@ -686,11 +755,12 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
     for summary in summaries:
         saved = summary["savings"]
         table.add_row(
-            summary["method"],
+            f"{summary['method']} carried" if _carried(summary) else summary["method"],
             format_budget(summary["budget"]),
             *(metric_cell(summary["metrics"], column) for column in spec.metric_columns),
             _saved(saved["decode_flops_saved_percent"]),
             _saved(saved["kv_saved_percent"]),
+            *((_prefilled(summary),) if carried else ()),
             str(summary["samples_scored"]),
             str(summary["samples_skipped"]),
             *((str(summary["samples_failed"]),) if failed else ()),
