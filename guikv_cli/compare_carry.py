@@ -40,6 +40,7 @@ def _both(row: dict[str, Any], key: str, show: Callable[[Any], str]) -> str:
 
 
 def _kl(value: float | None) -> str:
+    """A KL divergence in nats, in scientific notation; missing as an em dash."""
     return "—" if value is None else f"{value:.2e}"
 
 
