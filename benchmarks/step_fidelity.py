@@ -39,9 +39,7 @@ def action_key_for(family: AgentFamily, screenshot: Path) -> Callable[[str], tup
         size = image.size
 
     def key(text: str) -> tuple[Any, ...]:
-        action = family.parse(text, size)[0]
-        fields = (action.point, action.end_point, action.text, action.keys, action.direction, action.amount)
-        return (action.type.value, *fields)
+        return family.parse(text, size)[0].comparable()
 
     return key
 

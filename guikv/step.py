@@ -244,11 +244,43 @@ def run_steps(
     is one forward, then each decoding forward gives every row one token).
     """
     adapter = adapter_for(model)
-    rows = len(conversations)
+    states = _row_states(model, len(conversations), oracle_mass, method_states)
+    tell = progress or (lambda _progress: None)
+    tell(StepProgress("encoding", 0, max_new_tokens))
+    inputs = [adapter.build_inputs(processor, messages).to(model.device) for messages in conversations]
+    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, eos_ids(model))
+    return _run_inputs(model, processor, inputs, settings, states, oracle_mass, progress)
+
+
+def run_step_inputs(
+    model: nn.Module,
+    processor: Any,
+    inputs: Mapping[str, torch.Tensor],
+    config: CompressionConfig,
+    *,
+    max_new_tokens: int = 256,
+    record_positions: bool = False,
+    keep_first_decode_logits: bool = False,
+    oracle_mass: bool = False,
+    method_state: Any = None,
+) -> StepResult:
+    """`run_step` on one conversation's ready-made processor inputs instead of its messages: for a
+    prompt the chat template cannot write as text, e.g. a carried trajectory's conversation with
+    each earlier answer as the very tokens the model generated
+    (`guikv.models.adapters.Carrying.answer_token_inputs`). Measured exactly as `run_step`."""
+    on_device = {name: value.to(model.device) for name, value in inputs.items()}
+    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, eos_ids(model))
+    return _run_inputs(model, processor, [on_device], settings, [method_state], oracle_mass, None)[0]
+
+
+def _row_states(
+    model: nn.Module, rows: int, oracle_mass: bool, method_states: Sequence[Any] | None
+) -> list[Any]:
+    """Each row's method state (None: start empty), once the batch is known to be runnable."""
+    adapter = adapter_for(model)
     if rows == 0:
         raise ValueError("run_steps() needs at least one conversation")
-    prepare_batch_decode = adapter.prepare_batch_decode
-    if rows > 1 and prepare_batch_decode is None:
+    if rows > 1 and adapter.prepare_batch_decode is None:
         raise ValueError(
             f"{type(model).__name__} ({adapter.family}) prompts cannot be batched under compression: "
             "use batch size 1"
@@ -260,15 +292,26 @@ def run_steps(
         raise ValueError(
             f"{len(states)} method states for {rows} conversations: expected one per conversation"
         )
+    return states
+
+
+def _run_inputs(
+    model: nn.Module,
+    processor: Any,
+    inputs: Sequence[Mapping[str, torch.Tensor]],
+    settings: _Settings,
+    states: Sequence[Any],
+    oracle_mass: bool,
+    progress: Callable[[StepProgress], None] | None,
+) -> list[StepResult]:
+    """`run_steps` from its conversations' processor inputs (on the model's device) on."""
+    rows = len(inputs)
     tell = progress or (lambda _progress: None)
-    tell(StepProgress("encoding", 0, max_new_tokens))
-    inputs = [adapter.build_inputs(processor, messages).to(model.device) for messages in conversations]
-    settings = _Settings(config, max_new_tokens, record_positions, keep_first_decode_logits, eos_ids(model))
-    tell(StepProgress("prefilling", 0, max_new_tokens))
+    tell(StepProgress("prefilling", 0, settings.max_new_tokens))
 
     def forward_ended(forwards: int) -> None:
         if forwards >= rows:
-            tell(StepProgress("decoding", forwards - rows + 1, max_new_tokens))
+            tell(StepProgress("decoding", forwards - rows + 1, settings.max_new_tokens))
 
     clock = ForwardClock(model.device, forward_ended if progress is not None else None)
     handle = model.register_forward_hook(clock, with_kwargs=True)
@@ -278,7 +321,7 @@ def run_steps(
                 _generate_alone(model, inputs[0], settings, clock, states[0], oracle_mass)
                 if rows == 1
                 else _generate_row_by_row(
-                    model, processor, inputs, settings, clock, states, prepare_batch_decode
+                    model, processor, inputs, settings, clock, states, adapter_for(model).prepare_batch_decode
                 )
             )
     finally:

@@ -10,9 +10,12 @@
   agreement, exact match, KL of the first decoding step, oracle recall (the share of the positions
   the full cache's decode steps attended most that the method kept), same parsed action, and the
   costs.
+- `guikv compare SCREENSHOT... --task TEXT --carry` plays the screenshots as one trajectory's steps,
+  carried (each step prefills only its new turn on the cache cut at earlier steps) and re-prefilled
+  (each step's whole prompt), under every pair, and compares the two step by step.
 
-The two forms never mix: this module parses the flags and hands over to `compare_rundirs` or
-`compare_live`. Definitions of every column: docs/analysis.md.
+The two forms never mix: this module parses the flags and hands over to `compare_rundirs`,
+`compare_live` or `compare_carry`. Definitions of every column: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import typer
 from rich.console import Console
 
 from benchmarks.flags import parse_percentages
+from guikv.agents.prompting import TRAJECTORY_SCREENSHOTS
 from guikv.config import METHODS
 from guikv.errors import UserInputError
+from guikv_cli.compare_carry import compare_trajectory
 from guikv_cli.compare_live import compare_step
 from guikv_cli.compare_rundirs import compare_runs
 from guikv_cli.knobs import knob_settings
@@ -82,11 +87,27 @@ def compare(
     metric: str | None = typer.Option(
         None, "--metric", help="Run form: metric to plot (default: the first)."
     ),
+    carry: bool = typer.Option(
+        False,
+        "--carry",
+        help="Screenshot form: play the screenshots as one trajectory's steps, carried against re-prefilled.",
+    ),
+    max_tokens: int | None = typer.Option(
+        None,
+        "--max-tokens",
+        help="With --carry: cut the carried cache to this many tokens per layer (instead of --budgets).",
+    ),
+    screenshot_window: int | None = typer.Option(
+        None,
+        "--screenshot-window",
+        help=f"With --carry: screenshots each step's prompt shows (default {TRAJECTORY_SCREENSHOTS}).",
+    ),
     output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Folder for compare.json and figures."),
     html_path: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report."),
     settings: list[str] | None = SET,
 ) -> None:
-    """Compare methods x budgets: finished eval runs, or one input run under every pair."""
+    """Compare methods x budgets: finished eval runs, one input run under every pair, or (--carry) a
+    trajectory of the screenshots carried against re-prefilled."""
     console = Console()
     missing = [path for path in targets if not path.exists()]
     if missing:
@@ -106,6 +127,9 @@ def compare(
                 ("--methods", methods),
                 ("--budgets", budgets),
                 ("--set", settings),
+                ("--carry", carry),
+                ("--max-tokens", max_tokens is not None),
+                ("--screenshot-window", screenshot_window is not None),
             )
             if value
         ]
@@ -123,6 +147,7 @@ def compare(
     if max_new_tokens < 1:
         raise UserInputError(f"--max-new-tokens {max_new_tokens} is invalid: expected an integer >= 1")
     check_screenshots(files)
+    carried = carry_options(carry, max_tokens, screenshot_window, budgets, window_size)
     options = {
         "model": model,
         "family": family,
@@ -134,7 +159,20 @@ def compare(
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "knobs": knobs,
+        **carried,
     }
+    if carry:
+        compare_trajectory(
+            files,
+            task,
+            method_names,
+            budget_values,
+            options=options,
+            output=output,
+            html_path=html_path,
+            console=console,
+        )
+        return
     compare_step(
         files,
         task,
@@ -145,6 +183,35 @@ def compare(
         html_path=html_path,
         console=console,
     )
+
+
+def carry_options(
+    carry: bool, max_tokens: int | None, screenshot_window: int | None, budgets: str | None, window_size: int
+) -> dict[str, int | None]:
+    """The carried form's settings (`max_tokens`, `screenshot_window`), checked: they need
+    `--carry`, `--max-tokens` replaces `--budgets` and must hold the window plus one token."""
+    if not carry:
+        given = [
+            flag
+            for flag, value in (("--max-tokens", max_tokens), ("--screenshot-window", screenshot_window))
+            if value is not None
+        ]
+        if given:
+            raise UserInputError(f"{', '.join(given)} belong to --carry (a trajectory of the screenshots)")
+        return {}
+    if max_tokens is not None and budgets is not None:
+        raise UserInputError("--max-tokens sets every step's capacity: give it or --budgets, not both")
+    if max_tokens is not None and max_tokens < window_size + 1:
+        raise UserInputError(
+            f"--max-tokens {max_tokens} is invalid: expected an integer >= --window-size + 1 "
+            f"({window_size + 1})"
+        )
+    if screenshot_window is not None and screenshot_window < 1:
+        raise UserInputError(f"--screenshot-window {screenshot_window} is invalid: expected an integer >= 1")
+    return {
+        "max_tokens": max_tokens,
+        "screenshot_window": TRAJECTORY_SCREENSHOTS if screenshot_window is None else screenshot_window,
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -88,6 +88,12 @@ class Action:
             return None
         return round(self.point[0] * width), round(self.point[1] * height)
 
+    def comparable(self) -> tuple[Any, ...]:
+        """What two outputs must share to take the same action: the type's name first, then the
+        points, text, keys, direction and amount (not the thought or the raw text)."""
+        fields = (self.point, self.end_point, self.text, self.keys, self.direction, self.amount)
+        return (self.type.value, *fields)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (the inverse of `from_dict`)."""
         return {

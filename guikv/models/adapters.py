@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from guikv.layout import TokenLayout
 from guikv.models import opencua
-from guikv.models.inputs import Message, qwen_inputs, qwen_turn_inputs
+from guikv.models.inputs import Message, qwen_answer_token_inputs, qwen_inputs, qwen_turn_inputs
 from guikv.models.positions import (
     no_position_state,
     qwen_vl_batch_positions,
@@ -36,11 +36,14 @@ class Carrying:
     `turn_inputs(processor, before, after)` the processor inputs of the tokens `after` adds after
     its last answer (only the new images); `turn_positions(model, inputs, start)` their position
     ids fed from position `start`, and the position after them; `decode_offset(model, offset)`
-    makes `generate()` decode at logical position + offset."""
+    makes `generate()` decode at logical position + offset; `answer_token_inputs(processor,
+    messages, answers)` a whole conversation's inputs with each answer as the token ids generated
+    (the history a carried cache holds, for a re-prefill of the same step)."""
 
     turn_inputs: Callable[[Any, Sequence[Message], Sequence[Message]], Any]
     turn_positions: Callable[[nn.Module, Mapping[str, torch.Tensor], int], tuple[torch.Tensor, int]]
     decode_offset: Callable[[nn.Module, int], None]
+    answer_token_inputs: Callable[[Any, Sequence[Message], Sequence[Sequence[int]]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,9 @@ QWEN_VL = ModelAdapter(
     "model.language_model.layers",
     ("image_token_id",),
     prepare_batch_decode=qwen_vl_batch_positions,
-    carrying=Carrying(qwen_turn_inputs, qwen_vl_turn_positions, qwen_vl_decode_offset),
+    carrying=Carrying(
+        qwen_turn_inputs, qwen_vl_turn_positions, qwen_vl_decode_offset, qwen_answer_token_inputs
+    ),
 )
 OPENCUA = ModelAdapter(
     "opencua",
