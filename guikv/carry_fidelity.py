@@ -27,13 +27,9 @@ from guikv.agents.family import AgentFamily
 from guikv.agents.prompting import TRAJECTORY_SCREENSHOTS, ImageLike
 from guikv.analysis import kl_divergence, token_agreement
 from guikv.config import CompressionConfig
-from guikv.recall import oracle_recall
+from guikv.recall import NO_DECODE_STEP, oracle_recall
 from guikv.step import StepResult, run_step_inputs
 from guikv.trajectory import CarriedStepResult, Trajectory
-
-ONE_TOKEN_ORACLE = (
-    "the full cache generated one token: no decode step attended to the prompt, so there is no oracle"
-)
 
 
 @dataclass(frozen=True)
@@ -210,7 +206,7 @@ def _measure(row: CarriedStepFidelity, trajectory: Trajectory, reprefilled_ids: 
     row.reprefilled_vs_full = Agreement.of(full, reprefilled, keys["reprefilled"] == keys["full"])
     mass = full.oracle_mass
     if full.generated_tokens < 2 or mass is None:
-        row.recall_reason = ONE_TOKEN_ORACLE
+        row.recall_reason = NO_DECODE_STEP
     else:
         row.recall_reprefilled = oracle_recall(reprefilled.kept_positions, mass)
         if row.same_prompt:

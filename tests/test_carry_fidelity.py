@@ -11,7 +11,8 @@ import pytest
 from test_engine_carry import TASK, screens
 
 from guikv import CompressionConfig
-from guikv.carry_fidelity import ONE_TOKEN_ORACLE, iter_carried_fidelity
+from guikv.carry_fidelity import iter_carried_fidelity
+from guikv.recall import NO_DECODE_STEP
 
 NEW_TOKENS = 6
 SIZE = ((308, 196),)
@@ -95,7 +96,7 @@ def test_one_generated_token_leaves_no_oracle_and_no_first_decode_step(tiny_sdpa
     for row in rows:
         assert row.runnable and row.full.generated_tokens == 1
         assert row.recall_carried is None and row.recall_reprefilled is None
-        assert row.recall_reason == ONE_TOKEN_ORACLE
+        assert row.recall_reason == NO_DECODE_STEP
         assert row.agreement.kl is None and row.agreement.tokens in (0.0, 1.0)
 
 
