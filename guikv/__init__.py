@@ -21,6 +21,7 @@ _EXPORTS = {
     "compress": "guikv.compressor",
     "TokenLayout": "guikv.layout",
     "select_tokens": "guikv.methods",
+    "Trajectory": "guikv.trajectory",
 }
 
 __all__ = sorted(_EXPORTS)
