@@ -11,13 +11,13 @@ unfinished one runs again from its first step. Definitions of every field: docs/
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rundir import read_unfinished
 from benchmarks.step_fidelity import MIB, StepComparison
 from guikv.carry_fidelity import Agreement, CarriedStepFidelity, iter_carried_fidelity
 from guikv.config import CompressionConfig
@@ -211,15 +211,8 @@ def resumable_runs(path: Path, comparison: CarryComparison) -> dict[Pair, list[d
     """The finished pairs of an unfinished `compare.json` at `path` of the same comparison, with their
     rows; nothing when there is none, it is complete (a re-run then measures afresh), unreadable, or
     of another comparison. A pair whose trajectory did not finish is left out: it runs again."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(document, dict) or document.get("complete") is not False:
-        return {}
-    if any(document.get(key) != value for key, value in comparison.header().items()):
-        return {}
-    runs = document.get("runs")
+    document = read_unfinished(path, comparison.header())
+    runs = document.get("runs") if document is not None else None
     if not isinstance(runs, list):
         return {}
     return {

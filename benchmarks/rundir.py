@@ -90,6 +90,21 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_unfinished(path: Path, header: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An unfinished JSON document (`"complete": false`) at `path` whose fields `header` all match,
+    for a re-run to take its finished parts from; None when there is none, it is complete (a re-run
+    then measures afresh), it is unreadable, or it describes something else."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("complete") is not False:
+        return None
+    if any(document.get(key) != value for key, value in header.items()):
+        return None
+    return document
+
+
 @dataclass(frozen=True)
 class TraceRead:
     """The records of a trace file in file order, and whether an incomplete last line was dropped."""

@@ -9,12 +9,12 @@ pairs still missing. Definitions of every field: docs/analysis.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rundir import read_unfinished
 from guikv.agents import AgentFamily, Message
 from guikv.analysis import Fidelity, iter_compare_methods
 from guikv.config import CompressionConfig
@@ -173,15 +173,8 @@ def resumable_rows(path: Path, comparison: StepComparison) -> dict[tuple[str, fl
     """The rows of an unfinished `compare.json` at `path` of the same comparison, by (method,
     budget); nothing when there is none, it is complete (a re-run then measures afresh), it is
     unreadable, or it compared something else."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(document, dict) or document.get("complete") is not False:
-        return {}
-    if any(document.get(key) != value for key, value in comparison.header().items()):
-        return {}
-    results = document.get("results")
+    document = read_unfinished(path, comparison.header())
+    results = document.get("results") if document is not None else None
     if not isinstance(results, list):
         return {}
     return {

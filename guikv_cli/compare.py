@@ -161,19 +161,8 @@ def compare(
         "knobs": knobs,
         **carried,
     }
-    if carry:
-        compare_trajectory(
-            files,
-            task,
-            method_names,
-            budget_values,
-            options=options,
-            output=output,
-            html_path=html_path,
-            console=console,
-        )
-        return
-    compare_step(
+    run_form = compare_trajectory if carry else compare_step
+    run_form(
         files,
         task,
         method_names,
