@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from benchmarks.plain_help import PlainHelpCommand
 from guikv.config import CompressionConfig
 from guikv.errors import UserInputError
 
@@ -92,9 +93,10 @@ def parse_percentages(text: str, flag: str = "--budgets") -> list[float]:
 
 def run_script(function: Callable[..., Any], args: Sequence[str] | None = None) -> None:
     """Run `function` as a Typer command line (a `python -m benchmarks.X` script) on `args` (default
-    sys.argv): a user mistake (`UserInputError`, a bad flag) is one line on stderr and exit code 2."""
+    sys.argv): a user mistake (`UserInputError`, a bad flag) is one line on stderr and exit code 2;
+    `--help` shows the same plain metavars as guikv's own commands."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(function)
+    app.command(cls=PlainHelpCommand)(function)
     try:
         app(args=list(args) if args is not None else None, standalone_mode=False)
     except (UserInputError, typer.TyperException) as error:

@@ -31,6 +31,7 @@ from PIL import Image
 from rich.console import Console
 from transformers import AutoProcessor
 
+from benchmarks.flags import run_script
 from guikv.models.tiny import cache_root
 from guikv.vllm.tiny import build_vllm_tiny, tiny_engine_args
 
@@ -148,4 +149,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_script(main)

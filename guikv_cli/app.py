@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from benchmarks.plain_help import PlainHelpCommand, PlainHelpGroup
 from guikv import __version__
 from guikv.errors import UserInputError
-from guikv_cli.help import PlainHelpCommand, PlainHelpGroup
 from guikv_cli.interrupt import INTERRUPTED_EXIT_CODE, Interrupted, interruptible, saved_work
 
 COMMAND_MODULES: tuple[str, ...] = (

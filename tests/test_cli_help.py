@@ -1,14 +1,16 @@
 """Every command's `--help` speaks plainly: click's metavars (TEXT, INTEGER, PATH, KNOB=VALUE), no
 Python type labels (`<list[str]>`, `<bool>`), and one usage style (`[OPTIONS] [SCREENSHOT]...`,
-`[OPTIONS] MODEL`)."""
+`[OPTIONS] MODEL`); the `python -m benchmarks.*` scripts' too."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 
 import pytest
 
+from benchmarks.flags import run_script
 from guikv_cli.app import main
 
 COMMANDS = ("infer", "eval", "analyze-attention", "compare", "serve")
@@ -56,3 +58,13 @@ def test_usage_lines_and_metavars_read_the_same_everywhere(
     evaluate = help_text(monkeypatch, capsys, "eval")
     assert re.search(r"--budgets\s+LIST", evaluate) and re.search(r"--output\s+PATH", evaluate)
     assert "SCREENSHOT..." in help_text(monkeypatch, capsys, "analyze-attention")
+
+
+@pytest.mark.parametrize("script", ["speed", "capacity", "carry_speed"])
+def test_benchmark_scripts_help_is_plain(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module(f"benchmarks.{script}")
+    run_script(module.main, ["--help"])
+    text = capsys.readouterr().out
+    assert not re.search(r"<(str|int|float|bool|path|list)", text), text
+    assert re.search(r"--help\s+Show", text)  # a flag shows no value
+    assert "INTEGER" in text or "FLOAT" in text

@@ -1,4 +1,5 @@
-"""Plain `--help` for every guikv command: click's metavars and one usage style.
+"""Plain `--help` for every guikv command and `python -m benchmarks.*` script: click's metavars
+and one usage style.
 
 Typer (0.2x) labels each value with its Python type, `<list[str]>`, `<bool>`, `<float>`, and writes
 usage lines in three styles (`[SCREENSHOT]...`, `[benchmark]...`, `{targets}...`). guikv's help
@@ -11,8 +12,9 @@ reads the way command-line tools usually do instead:
   required one bare (`guikv serve [OPTIONS] MODEL`).
 
 Typer builds its own parameter objects, so the commands' classes below give each of them, when help
-is asked for, a subclass that changes only how it is displayed (parsing is untouched). `app.py`
-puts every subcommand and the root on these classes.
+is asked for, a subclass that changes only how it is displayed (parsing is untouched).
+`guikv_cli/app.py` puts every subcommand and the root on these classes, `benchmarks.flags.run_script`
+every script. The module sits in `benchmarks` so that both can use it (imports point down only).
 """
 
 from __future__ import annotations
