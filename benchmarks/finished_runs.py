@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, count_records
+from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, count_records, method_label
 from benchmarks.runner import ORACLE
 from benchmarks.stats import stderr_key
 from guikv.config import FULL_BUDGET, METHODS
@@ -65,16 +65,28 @@ class EvalRun:
         return FULL_BUDGET if self.method in ("full", ORACLE) else float(self.summary["budget"])
 
     @property
+    def carried(self) -> bool:
+        """Whether the run carried its cache over each trajectory (`guikv eval --carry`)."""
+        config = self.summary["config"]
+        return isinstance(config, dict) and bool(config.get("carry"))
+
+    @property
+    def label(self) -> str:
+        """The method as tables and legends name the run: `METHOD carried` for a carried run."""
+        return method_label(self.method, {"carry": self.carried})
+
+    @property
     def keeps_everything(self) -> bool:
         """Whether nothing was compressed (the full cache or the oracle): a reference, not a point
         on a budget curve."""
         return self.method in ("full", ORACLE)
 
     @property
-    def sort_key(self) -> tuple[str, int, float, str]:
-        """Model, then methods in `METHODS` order (the oracle last), then budget."""
+    def sort_key(self) -> tuple[str, int, bool, float, str]:
+        """Model, then methods in `METHODS` order (the oracle last), re-prefilled before carried,
+        then budget."""
         order = METHODS.index(self.method) if self.method in METHODS else len(METHODS)
-        return (str(self.summary["model"]), order, self.budget, self.path.name)
+        return (str(self.summary["model"]), order, self.carried, self.budget, self.path.name)
 
     def metric(self, name: str) -> float | None:
         """A summary metric as a float (None when absent or not a number)."""
@@ -245,6 +257,7 @@ def _run_entry(run: EvalRun, columns: Sequence[str]) -> dict[str, Any]:
         "path": str(run.path),
         **{key: run.summary[key] for key in ("model", "family")},
         "method": run.method,
+        "carried": run.carried,
         "budget": run.budget,
         "metrics": _with_errors(run.summary["metrics"], columns),
         "savings": run.summary["savings"],

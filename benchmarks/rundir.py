@@ -66,6 +66,13 @@ def format_budget(budget: float) -> str:
     return f"{budget:g}"
 
 
+def method_label(method: str, settings: Mapping[str, Any]) -> str:
+    """How tables, legends and notices name a run's method: `gui_kv`, or `gui_kv carried` for a run
+    that carried its cache over each trajectory (setting `carry`), so that a carried run and a
+    re-prefilled one of the same method and budget never read as one."""
+    return f"{method} carried" if settings.get("carry") else method
+
+
 def run_directory(output: Path, settings: Mapping[str, Any]) -> Path:
     """`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash of all settings>`, with `-carry`
     before the hash for a run that carries its cache over each trajectory (setting `carry`)."""

@@ -50,7 +50,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
     its metrics counting the failed samples as wrong."""
     title = str(runs[0].summary["title"] or benchmark)
     several_models = len({run.summary["model"] for run in runs}) > 1
-    keys = [(run.summary["model"], run.method, run.budget) for run in runs]
+    keys = [(run.summary["model"], run.label, run.budget) for run in runs]
     show_run = len(set(keys)) < len(keys)
     columns = metric_columns(runs)
     counts = [_counts(run) for run in runs]
@@ -73,7 +73,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
         summary = run.summary
         table.add_row(
             *([str(summary["model"])] if several_models else []),
-            run.method,
+            run.label,
             f"{run.budget:g}",
             *([run.path.name] if show_run else []),
             *(metric_cell(summary["metrics"], column) for column in columns),
@@ -105,11 +105,11 @@ def _counts(run: EvalRun) -> str:
 
 
 def _series_label(run: EvalRun, several_models: bool) -> str:
-    """A figure legend label: the method with the knobs its run set away from the defaults (so runs
-    of one method with different knobs are different lines), prefixed by the model when several
-    models are compared."""
+    """A figure legend label: the method (`METHOD carried` for a carried run) with the knobs its run
+    set away from the defaults (so carried runs and runs with different knobs are lines of their
+    own), prefixed by the model when several models are compared."""
     knobs = changed_knobs(run.summary["config"]) if isinstance(run.summary["config"], dict) else {}
-    label = f"{run.method} ({knobs_text(knobs).removeprefix(' · ')})" if knobs else run.method
+    label = f"{run.label} ({knobs_text(knobs).removeprefix(' · ')})" if knobs else run.label
     return f"{run.summary['model']}: {label}" if several_models else label
 
 
@@ -226,7 +226,7 @@ def mixed_samples_line(benchmark: str, runs: Sequence[EvalRun]) -> str | None:
     if len(sets) < 2:
         return None
     described = "; ".join(
-        f"{samples.describe()} ({', '.join(f'{run.method} {run.budget:g}%' for run in members)})"
+        f"{samples.describe()} ({', '.join(f'{run.label} {run.budget:g}%' for run in members)})"
         for samples, members in sets.items()
     )
     return (

@@ -35,7 +35,7 @@ from benchmarks.common import BenchmarkSpec, LoadResult
 from benchmarks.flags import parse_percentages, quiet_transformers
 from benchmarks.locations import data_paths
 from benchmarks.rescore import rescore
-from benchmarks.rundir import count_records, format_budget, run_directory
+from benchmarks.rundir import count_records, format_budget, method_label, run_directory
 from benchmarks.runner import (
     ORACLE,
     ModelResponder,
@@ -755,7 +755,7 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
     for summary in summaries:
         saved = summary["savings"]
         table.add_row(
-            f"{summary['method']} carried" if _carried(summary) else summary["method"],
+            method_label(summary["method"], summary["config"]),
             format_budget(summary["budget"]),
             *(metric_cell(summary["metrics"], column) for column in spec.metric_columns),
             _saved(saved["decode_flops_saved_percent"]),

@@ -322,3 +322,45 @@ def test_bad_inputs_exit_2_with_one_line(monkeypatch, capsys, tmp_path: Path, ma
     assert code == 2
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert message in stderr
+
+
+def write_plain_and_carried(root: Path) -> None:
+    """GUI-KV at 10% on AgentNetBench twice: re-prefilled, and carried (`eval --carry`)."""
+    write_run(root / "plain", "gui_kv", 10, 0.5)
+    carried_config = {"method": "gui_kv", "budget": 10, "window_size": 8, "carry": True}
+    write_run(root / "carried", "gui_kv", 10, 0.3, config=carried_config)
+
+
+def test_a_carried_run_is_its_own_row_and_entry(monkeypatch, capsys, tmp_path: Path) -> None:
+    write_plain_and_carried(tmp_path)
+    runs = group_runs(find_runs([tmp_path / "plain", tmp_path / "carried"]).finished)["agentnetbench"]
+    assert [run.label for run in runs] == ["gui_kv", "gui_kv carried"]
+    rows = [line.split() for line in render(runs_table("agentnetbench", runs)).splitlines()]
+    gui_kv_rows = [row[:3] for row in rows if row[:1] == ["gui_kv"]]
+    assert gui_kv_rows == [["gui_kv", "10", "50.0"], ["gui_kv", "carried", "10"]]
+    assert not any("run" in row for row in rows[:5])  # the label tells them apart: no run column
+    code, _, stderr = run_main(monkeypatch, capsys, "compare", tmp_path, "--output", tmp_path / "out")
+    assert code == 0, stderr
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [(run["method"], run["carried"]) for run in document["groups"][0]["runs"]] == [
+        ("gui_kv", False),
+        ("gui_kv", True),
+    ]
+
+
+def test_a_carried_run_is_a_line_of_its_own_in_the_figures(monkeypatch, tmp_path: Path) -> None:
+    import guikv.viz.curves
+    from guikv_cli.compare_rundirs import run_figures
+
+    write_plain_and_carried(tmp_path)
+    drawn: list[Any] = []
+
+    def plot(panels: Any, path: Path, title: str = "") -> Path:
+        drawn.append(panels)
+        return path
+
+    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
+    run_figures(group_runs(find_runs([tmp_path]).finished), tmp_path / "out", None)
+    assert [[series.label for series in panels[0].series] for panels in drawn] == [
+        ["gui_kv", "gui_kv carried"]
+    ] * 2
