@@ -127,7 +127,8 @@ class BrokenTrajectory(RuntimeError):
 class CarriedResponder:
     """A loaded model answering each AgentNetBench trajectory with one `Trajectory` (greedy, under a
     compression config): each `CarriedCall` feeds its screenshot as the trajectory's next step, the
-    `screenshots` most recent kept in the cache. One call at a time (`can_batch` False: a
+    `screenshots` most recent kept in the cache, cut at each step to the config's budget or, when
+    given, `max_tokens` per layer. One call at a time (`can_batch` False: a
     trajectory's steps run in order, and a batch split after an error would feed a step twice);
     stateful, so the runner re-runs an unfinished trajectory from its first step."""
 
@@ -137,6 +138,7 @@ class CarriedResponder:
     max_new_tokens: int
     family: AgentFamily
     screenshots: int
+    max_tokens: int | None = None
     stateful: bool = field(default=True, init=False)
     can_batch: bool = field(default=False, init=False)
 
@@ -188,6 +190,7 @@ class CarriedResponder:
             family=self.family,
             screenshot_window=self.screenshots,
             max_new_tokens=self.max_new_tokens,
+            max_tokens=self.max_tokens,
         )
 
     def _check_continues(self, trajectory: Trajectory, call: CarriedCall) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, count_records, method_label
+from benchmarks.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, capacity_text, count_records, method_label
 from benchmarks.runner import ORACLE
 from benchmarks.stats import stderr_key
 from guikv.config import FULL_BUDGET, METHODS
@@ -61,8 +61,28 @@ class EvalRun:
     @property
     def budget(self) -> float:
         """The budget in percent; 100 for `full` and the oracle, which keep everything (older runs
-        filed them at the `--budget` asked)."""
-        return FULL_BUDGET if self.method in ("full", ORACLE) else float(self.summary["budget"])
+        filed them at the `--budget` asked). A carried run cut to a fixed token count
+        (`max_tokens`) has no budget: its place on a budget axis is the share of the full cache it
+        kept on average, 100 - KV saved %."""
+        if self.method in ("full", ORACLE):
+            return FULL_BUDGET
+        if self.max_tokens is not None:
+            saved = self.saving("kv_saved_percent")
+            return FULL_BUDGET if saved is None else FULL_BUDGET - saved
+        return float(self.summary["budget"])
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The fixed capacity per layer of a carried run (`guikv eval --carry --max-tokens N`), else
+        None."""
+        config = self.summary["config"]
+        value = config.get("max_tokens") if isinstance(config, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def capacity(self) -> str:
+        """The budget column's cell: the budget (`10`), or the fixed count (`1024 tok`)."""
+        return capacity_text({"budget": self.budget, "max_tokens": self.max_tokens})
 
     @property
     def carried(self) -> bool:
@@ -122,13 +142,14 @@ def read_run(directory: Path) -> EvalRun:
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         raise UserInputError(f"{path}: not an eval run summary (missing {', '.join(missing)})")
-    budget = summary["budget"]
-    if isinstance(budget, bool) or not isinstance(budget, int | float):
-        raise UserInputError(f"{path}: not an eval run summary (budget {budget!r} is not a number)")
     for key, kind in (("metrics", dict), ("savings", dict), ("metric_columns", list)):
         if not isinstance(summary[key], kind):
             raise UserInputError(f"{path}: not an eval run summary ({key} is not a {kind.__name__})")
-    return EvalRun(directory, summary)
+    run = EvalRun(directory, summary)
+    budget = summary["budget"]
+    if run.max_tokens is None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
+        raise UserInputError(f"{path}: not an eval run summary (budget {budget!r} is not a number)")
+    return run
 
 
 @dataclass(frozen=True)
@@ -259,6 +280,7 @@ def _run_entry(run: EvalRun, columns: Sequence[str]) -> dict[str, Any]:
         "method": run.method,
         "carried": run.carried,
         "budget": run.budget,
+        "max_tokens": run.max_tokens,
         "metrics": _with_errors(run.summary["metrics"], columns),
         "savings": run.summary["savings"],
         **{key: run.summary[key] for key in ("samples_scored", "samples_skipped", "samples_failed")},

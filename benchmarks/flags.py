@@ -91,6 +91,20 @@ def parse_percentages(text: str, flag: str = "--budgets") -> list[float]:
     return values
 
 
+def check_max_tokens(max_tokens: int | None, budgets_given: bool, window_size: int) -> None:
+    """Check `--max-tokens` (a carried cache's fixed capacity per layer): it replaces `--budgets`
+    and must hold the `--window-size` trailing tokens plus one."""
+    if max_tokens is None:
+        return
+    if budgets_given:
+        raise UserInputError("--max-tokens sets every step's capacity: give it or --budgets, not both")
+    if max_tokens < window_size + 1:
+        raise UserInputError(
+            f"--max-tokens {max_tokens} is invalid: expected an integer >= --window-size + 1 "
+            f"({window_size + 1})"
+        )
+
+
 def run_script(function: Callable[..., Any], args: Sequence[str] | None = None) -> None:
     """Run `function` as a Typer command line (a `python -m benchmarks.X` script) on `args` (default
     sys.argv): a user mistake (`UserInputError`, a bad flag) is one line on stderr and exit code 2;

@@ -73,11 +73,27 @@ def method_label(method: str, settings: Mapping[str, Any]) -> str:
     return f"{method} carried" if settings.get("carry") else method
 
 
+def capacity_tag(settings: Mapping[str, Any]) -> str:
+    """A run's capacity as its directory name and progress line write it: `b10` for a budget of
+    10%, `t1024` for a carried run cut to a fixed 1024 tokens per layer (setting `max_tokens`)."""
+    if settings.get("max_tokens") is not None:
+        return f"t{settings['max_tokens']}"
+    return f"b{format_budget(settings['budget'])}"
+
+
+def capacity_text(settings: Mapping[str, Any]) -> str:
+    """A run's capacity in a table's budget column (%): `10`, or `1024 tok` for a fixed count."""
+    if settings.get("max_tokens") is not None:
+        return f"{settings['max_tokens']} tok"
+    return format_budget(settings["budget"])
+
+
 def run_directory(output: Path, settings: Mapping[str, Any]) -> Path:
-    """`<output>/<benchmark>/<model-slug>/<method>-b<budget>-<hash of all settings>`, with `-carry`
-    before the hash for a run that carries its cache over each trajectory (setting `carry`)."""
+    """`<output>/<benchmark>/<model-slug>/<method>-<capacity_tag>-<hash of all settings>`, with
+    `-carry` before the hash for a run that carries its cache over each trajectory (setting
+    `carry`)."""
     carry = "-carry" if settings.get("carry") else ""
-    leaf = f"{settings['method']}-b{format_budget(settings['budget'])}{carry}-{settings_hash(settings)}"
+    leaf = f"{settings['method']}-{capacity_tag(settings)}{carry}-{settings_hash(settings)}"
     return output / settings["benchmark"] / model_slug(settings["model"]) / leaf
 
 

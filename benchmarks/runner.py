@@ -39,6 +39,7 @@ from benchmarks.rundir import (
     SUMMARY_FILE,
     Record,
     TraceWriter,
+    capacity_tag,
     is_failed,
     merge_shards,
     prepare,
@@ -670,7 +671,7 @@ def run(
         pending = [sample for sample in loaded.samples if sample.sample_id not in finished]
         mine = assign(pending, shard)
         trace = run_dir / (SAMPLES_FILE if shard.count == 1 else shard_file(shard.index))
-        events.start(f"{spec.name} {settings['method']} b{settings['budget']:g}", len(mine))
+        events.start(f"{spec.name} {settings['method']} {capacity_tag(settings)}", len(mine))
         with TraceWriter(trace) as writer:
 
             def done(sample: Any, record: Record) -> None:

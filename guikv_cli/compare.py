@@ -25,7 +25,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from benchmarks.flags import parse_percentages
+from benchmarks.flags import check_max_tokens, parse_percentages
 from guikv.agents.prompting import TRAJECTORY_SCREENSHOTS
 from guikv.config import METHODS
 from guikv.errors import UserInputError
@@ -33,7 +33,7 @@ from guikv_cli.compare_carry import compare_trajectory
 from guikv_cli.compare_live import compare_step
 from guikv_cli.compare_rundirs import compare_runs
 from guikv_cli.knobs import knob_settings
-from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MODEL, SET, TEMPERATURE, WINDOW
+from guikv_cli.options import ALPHA, ATTN, DEVICE, DTYPE, MAX_TOKENS, MODEL, SET, TEMPERATURE, WINDOW
 from guikv_cli.screenshots import check_screenshots
 
 DEFAULT_METHODS = "full,snapkv,pyramidkv,vlcache,gui_kv,st_lite,star_kv"
@@ -92,11 +92,7 @@ def compare(
         "--carry",
         help="Screenshot form: play the screenshots as one trajectory's steps, carried against re-prefilled.",
     ),
-    max_tokens: int | None = typer.Option(
-        None,
-        "--max-tokens",
-        help="With --carry: cut the carried cache to this many tokens per layer (instead of --budgets).",
-    ),
+    max_tokens: int | None = MAX_TOKENS,
     screenshot_window: int | None = typer.Option(
         None,
         "--screenshot-window",
@@ -188,13 +184,7 @@ def carry_options(
         if given:
             raise UserInputError(f"{', '.join(given)} belong to --carry (a trajectory of the screenshots)")
         return {}
-    if max_tokens is not None and budgets is not None:
-        raise UserInputError("--max-tokens sets every step's capacity: give it or --budgets, not both")
-    if max_tokens is not None and max_tokens < window_size + 1:
-        raise UserInputError(
-            f"--max-tokens {max_tokens} is invalid: expected an integer >= --window-size + 1 "
-            f"({window_size + 1})"
-        )
+    check_max_tokens(max_tokens, budgets is not None, window_size)
     if screenshot_window is not None and screenshot_window < 1:
         raise UserInputError(f"--screenshot-window {screenshot_window} is invalid: expected an integer >= 1")
     return {

@@ -50,7 +50,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
     its metrics counting the failed samples as wrong."""
     title = str(runs[0].summary["title"] or benchmark)
     several_models = len({run.summary["model"] for run in runs}) > 1
-    keys = [(run.summary["model"], run.label, run.budget) for run in runs]
+    keys = [(run.summary["model"], run.label, run.capacity) for run in runs]
     show_run = len(set(keys)) < len(keys)
     columns = metric_columns(runs)
     counts = [_counts(run) for run in runs]
@@ -74,7 +74,7 @@ def runs_table(benchmark: str, runs: Sequence[EvalRun]) -> Table:
         table.add_row(
             *([str(summary["model"])] if several_models else []),
             run.label,
-            f"{run.budget:g}",
+            run.capacity,
             *([run.path.name] if show_run else []),
             *(metric_cell(summary["metrics"], column) for column in columns),
             _saved(run.saving("kv_saved_percent")),
@@ -107,9 +107,12 @@ def _counts(run: EvalRun) -> str:
 def _series_label(run: EvalRun, several_models: bool) -> str:
     """A figure legend label: the method (`METHOD carried` for a carried run) with the knobs its run
     set away from the defaults (so carried runs and runs with different knobs are lines of their
-    own), prefixed by the model when several models are compared."""
+    own; carried runs cut to fixed token counts are one more, over the budgets they kept), prefixed
+    by the model when several models are compared."""
     knobs = changed_knobs(run.summary["config"]) if isinstance(run.summary["config"], dict) else {}
     label = f"{run.label} ({knobs_text(knobs).removeprefix(' · ')})" if knobs else run.label
+    if run.max_tokens is not None:
+        label += " (fixed token counts)"
     return f"{run.summary['model']}: {label}" if several_models else label
 
 
@@ -150,7 +153,7 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
             else:
                 points = [(run.budget, _in_percent(run, column)) for run in members]
                 budget_series.append(Series(label, points, method))
-        budgets = sorted({run.budget for run in runs if not run.keeps_everything})
+        budgets = sorted({run.budget for run in runs if not run.keeps_everything and run.max_tokens is None})
         by_budget.append(
             Panel(
                 title,
@@ -220,13 +223,18 @@ def skipped_line(run: UnfinishedRun) -> str:
     )
 
 
+def _capacity_words(run: EvalRun) -> str:
+    """A run's capacity in a sentence: `10%`, or `1024 tokens` for a fixed count."""
+    return f"{run.budget:g}%" if run.max_tokens is None else f"{run.max_tokens} tokens"
+
+
 def mixed_samples_line(benchmark: str, runs: Sequence[EvalRun]) -> str | None:
     """A warning when a benchmark's runs are over different samples (None when they agree)."""
     sets = sample_sets(runs)
     if len(sets) < 2:
         return None
     described = "; ".join(
-        f"{samples.describe()} ({', '.join(f'{run.label} {run.budget:g}%' for run in members)})"
+        f"{samples.describe()} ({', '.join(f'{run.label} {_capacity_words(run)}' for run in members)})"
         for samples, members in sets.items()
     )
     return (

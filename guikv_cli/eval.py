@@ -32,10 +32,10 @@ from rich.table import Table
 from benchmarks import BENCHMARKS, agentnetbench, androidcontrol, get_benchmark
 from benchmarks.carried import CarriedPlayer, CarriedResponder
 from benchmarks.common import BenchmarkSpec, LoadResult
-from benchmarks.flags import parse_percentages, quiet_transformers
+from benchmarks.flags import check_max_tokens, parse_percentages, quiet_transformers
 from benchmarks.locations import data_paths
 from benchmarks.rescore import rescore
-from benchmarks.rundir import count_records, format_budget, method_label, run_directory
+from benchmarks.rundir import capacity_text, count_records, method_label, run_directory
 from benchmarks.runner import (
     ORACLE,
     ModelResponder,
@@ -92,6 +92,7 @@ _KEY_TYPES: dict[str, str] = {
     "retry_failed": "bool",
     "batch_size": "int",
     "carry": "bool",
+    "max_tokens": "int",
     "device": "text",
     "dtype": "text",
     "attn": "text",
@@ -139,6 +140,7 @@ class EvalRequest:
     retry_failed: bool
     batch_size: int
     carry: bool
+    max_tokens: int | None
     device: str
     dtype: str
     attn: str
@@ -198,6 +200,7 @@ def eval_command(
         "prefills only its new turn; records add the tokens prefilled. A run of its own (directory "
         "...-carry-...). Not with --batch-size > 1, the oracle or OpenCUA.",
     ),
+    max_tokens: int | None = options.MAX_TOKENS,
     rescore_runs: bool = typer.Option(
         False,
         "--rescore",
@@ -333,6 +336,8 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
     configs = tuple(dict.fromkeys(config_with_knobs(knobs, **compression, budget=b) for b in budgets))
     if oracle:
         configs = configs[:1]  # the oracle compresses nothing: one run, whatever the budgets
+    max_tokens = values.get("max_tokens")
+    check_carry_capacity(max_tokens, carry, configs[0], values.get("budgets") is not None)
     return EvalRequest(
         benchmarks=specs,
         data=_path(values.get("data")),
@@ -350,10 +355,28 @@ def build_request(values: dict[str, Any], knobs: dict[str, Any] | None = None) -
         retry_failed=values["retry_failed"],
         batch_size=values["batch_size"],
         carry=carry,
+        max_tokens=max_tokens,
         device=values["device"],
         dtype=values["dtype"],
         attn=values["attn"],
     )
+
+
+def check_carry_capacity(
+    max_tokens: int | None, carry: bool, config: CompressionConfig, budgets_given: bool
+) -> None:
+    """Check `--max-tokens`: a carried trajectory's fixed capacity per layer, so it needs `--carry`,
+    replaces `--budgets`, holds the window plus one token, and has nothing to cut under `full`."""
+    if max_tokens is None:
+        return
+    if not carry:
+        raise UserInputError(
+            f"--max-tokens {max_tokens} is a carried trajectory's capacity: add --carry, or drop it and "
+            "give --budgets"
+        )
+    if config.method == "full":
+        raise UserInputError(f"--max-tokens {max_tokens}: --method full keeps every token; drop --max-tokens")
+    check_max_tokens(max_tokens, budgets_given, config.window_size)
 
 
 def check_carry_request(specs: Sequence[BenchmarkSpec], batch_size: int, oracle: bool) -> None:
@@ -472,7 +495,9 @@ def make_agent(request: EvalRequest, device: str) -> _Agent:
     def responder(config: CompressionConfig, tokens: int) -> Responder:
         """The model's responder for one run: carried over each trajectory with `--carry`."""
         if request.carry:
-            return CarriedResponder(model, processor, config, tokens, family, request.screenshots)
+            return CarriedResponder(
+                model, processor, config, tokens, family, request.screenshots, request.max_tokens
+            )
         return ModelResponder(model, processor, config, tokens)
 
     can_carry = adapter_for(model).carrying is not None
@@ -509,8 +534,9 @@ def run_settings(
     """Every setting of one run, in the order config.yaml shows them; their hash names the directory.
     The oracle compresses nothing: its method is `oracle` and its budget 100 (its knobs are the
     defaults, whatever the flags say, so they never make a second oracle run directory). A carried
-    run (`--carry`) ends with `carry: true`; a re-prefilled one has no `carry` key, so its directory
-    is the one it had before carrying existed."""
+    run (`--carry`) ends with `carry: true`, and with `--max-tokens N` then `max_tokens: N` and a
+    null budget (no share of the prompt sets its capacity); a re-prefilled one has neither key, so
+    its directory is the one it had before carrying existed."""
     oracle = agent.model_id == ORACLE
     compression = (CompressionConfig() if oracle else config).to_dict()
     method, budget = compression.pop("method"), float(compression.pop("budget"))
@@ -529,7 +555,7 @@ def run_settings(
         "model": agent.model_id,
         "family": agent.family.name,
         "method": method,
-        "budget": budget,
+        "budget": None if request.max_tokens is not None else budget,
         **knobs,
         "screenshots": request.screenshots if spec.name == agentnetbench.SPEC.name else None,
         "limit": request.limit,
@@ -539,6 +565,7 @@ def run_settings(
         "instruction_level": request.instruction_level if spec.name == androidcontrol.SPEC.name else None,
         **compression,
         **({"carry": True} if request.carry else {}),
+        **({"max_tokens": request.max_tokens} if request.max_tokens is not None else {}),
     }
 
 
@@ -756,7 +783,7 @@ def results_table(spec: BenchmarkSpec, summaries: Sequence[dict[str, Any]]) -> T
         saved = summary["savings"]
         table.add_row(
             method_label(summary["method"], summary["config"]),
-            format_budget(summary["budget"]),
+            capacity_text(summary["config"]),
             *(metric_cell(summary["metrics"], column) for column in spec.metric_columns),
             _saved(saved["decode_flops_saved_percent"]),
             _saved(saved["kv_saved_percent"]),

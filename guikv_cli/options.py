@@ -17,6 +17,13 @@ BUDGET = typer.Option(10.0, "--budget", help="Percent of the prompt's tokens kep
 ALPHA = typer.Option(2.0, "--alpha", help="GUI-KV spatial saliency weight.")
 TEMPERATURE = typer.Option(3.5, "--temperature", help="GUI-KV saliency softmax temperature.")
 WINDOW = typer.Option(8, "--window-size", help="Trailing tokens always kept and scored from.")
+MAX_TOKENS = typer.Option(
+    None,
+    "--max-tokens",
+    metavar="N",
+    help="With --carry: cut the carried cache to N tokens per layer at every step, window included "
+    "(bounded memory however long the trajectory), instead of --budgets.",
+)
 SET = typer.Option(
     None,
     "--set",

@@ -192,6 +192,56 @@ def test_a_carried_run_has_a_directory_of_its_own_and_a_re_prefilled_one_keeps_i
     assert carried.name.startswith("gui_kv-b10-carry-") and "carry" not in plain.name
 
 
+def test_max_tokens_cuts_every_carried_step_to_that_many_tokens_in_a_run_of_its_own(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    data = trajectory_data(tmp_path / "data", (0, 1, 2, 3))
+    args = cli_args(tiny_dir, data, tmp_path / "runs", "--max-tokens", "64")
+    result = run_cli(args, monkeypatch, capsys)
+    assert result.code == 0, result.err
+    run_dir = run_dir_of(tmp_path / "runs")
+    assert run_dir.name.startswith("gui_kv-t64-carry-")
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    assert (config["carry"], config["max_tokens"], config["budget"]) == (True, 64, None)
+    rows = records(run_dir)
+    assert [row["kept_tokens"] for row in rows] == [64] * 4  # not 10%: 116 growing to 166
+    assert all(row["prompt_tokens"] > 2 * 64 for row in rows) and rows[-1]["prompt_tokens"] > 500
+    assert "gui_kv carried" in result.out and "64 tok" in result.out
+    again = run_cli([*args[:-2], "--config", str(run_dir / CONFIG_FILE)], monkeypatch, capsys)
+    assert again.code == 0 and "4 of 4 samples already done" in again.err  # config.yaml resumes it
+    compared = run_cli(
+        ["compare", str(tmp_path / "runs"), "--output", str(tmp_path / "c")], monkeypatch, capsys
+    )
+    assert compared.code == 0, compared.err
+    [entry] = json.loads((tmp_path / "c" / "compare.json").read_text())["groups"][0]["runs"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["budget"] is None and entry["max_tokens"] == 64 and entry["carried"] is True
+    assert entry["budget"] == pytest.approx(100 - summary["savings"]["kv_saved_percent"])
+    assert "64 tok" in compared.out
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--max-tokens", "64"], "--max-tokens 64 is a carried trajectory's capacity: add --carry"),
+        (["--carry", "--max-tokens", "64", "--budgets", "5"], "give it or --budgets, not both"),
+        (
+            ["--carry", "--max-tokens", "8"],
+            "--max-tokens 8 is invalid: expected an integer >= --window-size + 1",
+        ),
+        (["--carry", "--max-tokens", "64", "--method", "full"], "--method full keeps every token"),
+    ],
+)
+def test_max_tokens_where_it_cannot_apply_is_one_line(
+    extra: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    args = ["eval", "agentnetbench", *extra, "--output", str(tmp_path / "runs")]
+    result = run_cli(args, monkeypatch, capsys)
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and expected in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "runs").exists()
+
+
 @dataclass
 class ReplayingResponder(CarriedResponder):
     """The carried responder, re-prefilling after every step the step's whole conversation (every
