@@ -112,6 +112,11 @@ class EvalRun:
         """A summary metric as a float (None when absent or not a number)."""
         return as_float(self.summary["metrics"].get(name))
 
+    def metric_error(self, name: str) -> float | None:
+        """A summary metric's standard error as a float (None when absent: one sample, or a summary
+        written before errors were stored)."""
+        return as_float(self.summary["metrics"].get(stderr_key(name)))
+
     @property
     def failures_as_wrong(self) -> dict[str, Any] | None:
         """The metrics counting failed samples as wrong, when the run had failed samples."""

@@ -122,9 +122,16 @@ def _in_percent(run: EvalRun, column: str) -> float | None:
     return None if value is None else 100 * value
 
 
+def _error_in_percent(run: EvalRun, column: str) -> float | None:
+    """A run's metric's standard error in percent, its figure's error bar (None when absent)."""
+    error = run.metric_error(column)
+    return None if error is None else 100 * error
+
+
 def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | None) -> list[Path]:
-    """Accuracy (%) vs budget and accuracy vs kept KV memory, one panel per benchmark; full-cache
-    and oracle runs are dashed lines on the first, full-cache runs a single point on the second."""
+    """Accuracy (%) vs budget and accuracy vs kept KV memory, one panel per benchmark, each point
+    with a ± standard-error bar; full-cache and oracle runs are dashed lines on the first (a shaded
+    band of ± their standard error), full-cache runs a single point on the second."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     by_budget, by_memory = [], []
@@ -141,18 +148,25 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
         budget_series, memory_series, references = [], [], []
         for label, members in lines.items():
             method = members[0].method
-            memory = [
-                (kept / MIB, _in_percent(run, column))
+            measured = [
+                (kept / MIB, run)
                 for run in members
                 if (kept := run.saving("kv_bytes_kept_mean")) is not None and kept > 0
             ]
-            memory_series.append(Series(label, memory, method))
+            memory = [(mib_kept, _in_percent(run, column)) for mib_kept, run in measured]
+            errors = [_error_in_percent(run, column) for _, run in measured]
+            memory_series.append(Series(label, memory, method, errors=errors))
             if members[0].keeps_everything:
                 name = f"{label} cache" if method == "full" else label
-                references.extend((name, v) for run in members if (v := _in_percent(run, column)) is not None)
+                references.extend(
+                    (name, value, _error_in_percent(run, column))
+                    for run in members
+                    if (value := _in_percent(run, column)) is not None
+                )
             else:
                 points = [(run.budget, _in_percent(run, column)) for run in members]
-                budget_series.append(Series(label, points, method))
+                errors = [_error_in_percent(run, column) for run in members]
+                budget_series.append(Series(label, points, method, errors=errors))
         budgets = sorted({run.budget for run in runs if not run.keeps_everything and run.max_tokens is None})
         by_budget.append(
             Panel(

@@ -53,3 +53,47 @@ def test_runs_of_one_method_with_other_knobs_are_other_lines(tmp_path: Path):
     write_run(tmp_path / "other", "gui_kv", 10, 0.6, config={"method": "gui_kv", "budget": 10, "alpha": 1.0})
     labels = sorted(_series_label(run, several_models=False) for run in find_runs([tmp_path]).finished)
     assert labels == ["gui_kv", "gui_kv (alpha=1.0)"]
+
+
+def test_points_with_a_standard_error_get_an_error_bar_of_that_size():
+    points = [(1.0, 40.0), (5.0, 60.0), (40.0, None)]
+    measured = Series("gui_kv", points, "gui_kv", errors=[2.0, None, 9.0])
+    axes = draw_panels(
+        [Panel("acc", "budget", "acc (%)", [measured, Series("snapkv", points, "snapkv")])]
+    ).axes[0]
+    [container] = axes.containers  # one error bar set: the series without errors draws none
+    [bars] = container.lines[2]
+    spans = [(segment[0][1], segment[1][1]) for segment in bars.get_segments()]
+    assert spans == [(38.0, 42.0), (60.0, 60.0)]  # an unknown error is no bar; a point without y is not drawn
+    band = Panel(
+        "acc", "budget", "acc (%)", [measured], references=[("full cache", 70.0, 1.5), ("oracle", 90.0, None)]
+    )
+    shaded = draw_panels([band]).axes[0].patches
+    assert [(patch.get_y(), patch.get_height()) for patch in shaded] == [(68.5, 3.0)]
+    with pytest.raises(ValueError, match="2 errors for 3 points"):
+        Series("gui_kv", points, errors=[1.0, 2.0])
+
+
+def test_the_accuracy_figures_bar_each_run_with_its_standard_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    from benchmarks.finished_runs import group_runs
+    from guikv_cli.compare_rundirs import run_figures
+
+    write_run(tmp_path, "gui_kv", 10, 0.5)
+    write_run(tmp_path / "b", "gui_kv", 20, 0.6, metrics={"overall_score": 0.6})  # no error stored
+    write_run(tmp_path / "c", "full", 100, 0.7, metrics={"overall_score": 0.7, "overall_score_stderr": 0.03})
+    drawn: list[Any] = []
+
+    def plot(panels: Any, path: Path, title: str = "") -> Path:
+        drawn.append(panels)
+        return path
+
+    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
+    run_figures(group_runs(find_runs([tmp_path]).finished), tmp_path / "out", None)
+    for [panel] in drawn:
+        [series] = [series for series in panel.series if series.label == "gui_kv"]
+        assert series.errors == [pytest.approx(2.0), None]
+    assert [(label, error) for label, _, error in drawn[0][0].references] == [
+        ("full cache", pytest.approx(3.0))
+    ]

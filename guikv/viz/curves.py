@@ -40,19 +40,28 @@ axis (0.02 decade is about 5%), else of the x range."""
 @dataclass(frozen=True)
 class Series:
     """One line: a label, the method it belongs to (for its color) and its (x, y) points. Points
-    with a None or NaN y are left out; a series with one point is drawn as a marker. A `guide`
+    with a None or NaN y are left out; a series with one point is drawn as a marker. `errors`, when
+    given, is each point's standard error (None where unknown), drawn as a ± error bar, so that a
+    point measured on few samples does not look as certain as one measured on many. A `guide`
     series (e.g. what chance would give) is a thin gray dotted line without markers."""
 
     label: str
     points: Sequence[tuple[float, float | None]]
     method: str = ""
     guide: bool = False
+    errors: Sequence[float | None] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse errors that are not one per point."""
+        if self.errors and len(self.errors) != len(self.points):
+            raise ValueError(f"{self.label}: {len(self.errors)} errors for {len(self.points)} points")
 
 
 @dataclass(frozen=True)
 class Panel:
-    """One subplot: a title, axis labels, series, and horizontal reference lines (label, y), e.g.
-    the full cache's accuracy on an accuracy-vs-budget plot. `log_x` and `log_y` use log scales
+    """One subplot: a title, axis labels, series, and horizontal reference lines (label, y, standard
+    error or None: a band of ± that error is shaded), e.g. the full cache's accuracy on an
+    accuracy-vs-budget plot. `log_x` and `log_y` use log scales
     (points with y <= 0 cannot be drawn on a log y axis and are left out); `x_ticks` labels exactly
     those x values. `dodge` spreads the series a little along x around their true x, so that
     methods with equal values stay visible side by side instead of one hiding the other (every
@@ -63,7 +72,7 @@ class Panel:
     xlabel: str
     ylabel: str
     series: Sequence[Series]
-    references: Sequence[tuple[str, float]] = field(default_factory=tuple)
+    references: Sequence[tuple[str, float, float | None]] = field(default_factory=tuple)
     log_x: bool = False
     log_y: bool = False
     x_ticks: Sequence[float] = field(default_factory=tuple)
@@ -111,31 +120,41 @@ def draw_panels(panels: Sequence[Panel], title: str = "") -> Figure:
         every_x = [x for series in lines for x, _ in series.points]
         span = max(every_x) - min(every_x) if every_x else 0.0
         for number, series in enumerate(panel.series):
-            points = sorted(
-                (x, y)
-                for x, y in series.points
+            errors = series.errors or [None] * len(series.points)
+            drawable = [
+                (x, y, error)
+                for (x, y), error in zip(series.points, errors, strict=True)
                 if y is not None and not math.isnan(y) and (y > 0 or not panel.log_y)
-            )
+            ]
+            points = sorted(drawable, key=lambda point: point[:2])
             if not points:
                 continue
-            xs, ys = zip(*points, strict=True)
+            xs, ys, es = zip(*points, strict=True)
             if series.guide:
                 axes.plot(xs, ys, ":", color="gray", linewidth=1.2, label=series.label)
                 continue
             if panel.dodge:
                 xs = tuple(_dodged(xs, slot[id(series)], panel.log_x, span))
             style = LINE_STYLES[number % len(LINE_STYLES)] if len(points) > 1 else ""
+            color = _color(series, number)
             axes.plot(
                 xs,
                 ys,
                 style,
                 marker=MARKERS[number % len(MARKERS)],
                 markerfacecolor="none",
-                color=_color(series, number),
+                color=color,
                 label=series.label,
             )
-        for number, (label, value) in enumerate(panel.references):
+            if any(error is not None for error in es):
+                bars = [0.0 if error is None else error for error in es]
+                axes.errorbar(
+                    xs, ys, yerr=bars, fmt="none", ecolor=color, elinewidth=0.9, capsize=2, alpha=0.7
+                )
+        for number, (label, value, error) in enumerate(panel.references):
             axes.axhline(value, linestyle="--", color="black", alpha=0.6 - 0.15 * (number % 3), label=label)
+            if error is not None:
+                axes.axhspan(value - error, value + error, color="black", alpha=0.08, linewidth=0)
         if panel.log_x:
             axes.set_xscale("log")
         if panel.x_ticks:
