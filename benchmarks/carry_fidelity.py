@@ -186,10 +186,15 @@ def pair_finished(rows: Sequence[dict[str, Any]], steps: int) -> bool:
 
 
 def carry_document(
-    comparison: CarryComparison, runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], *, complete: bool
+    comparison: CarryComparison,
+    runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]],
+    *,
+    complete: bool,
+    figures: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`compare.json` of the carried form: the comparison, then per pair whether its trajectory is
-    over, its summary (`pair_summary`) and its steps so far, and whether every pair's is over."""
+    over, its summary (`pair_summary`) and its steps so far, whether every pair's is over, and the
+    names of the figures drawn from it (once complete)."""
     steps = len(comparison.step.screenshots)
     return {
         **comparison.header(),
@@ -204,6 +209,7 @@ def carry_document(
             }
             for (method, budget), rows in runs
         ],
+        "figures": list(figures),
     }
 
 

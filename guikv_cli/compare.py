@@ -12,7 +12,8 @@
   costs.
 - `guikv compare SCREENSHOT... --task TEXT --carry` plays the screenshots as one trajectory's steps,
   carried (each step prefills only its new turn on the cache cut at earlier steps) and re-prefilled
-  (each step's whole prompt), under every pair, and compares the two step by step.
+  (each step's whole prompt), under every pair, and compares the two step by step, with a
+  per-step figure (`compare_carry_figure`).
 
 The two forms never mix: this module parses the flags and hands over to `compare_rundirs`,
 `compare_live` or `compare_carry`. Definitions of every column: docs/analysis.md.

@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.flags import quiet_transformers
+from guikv.config import changed_knobs
 from guikv.errors import UserInputError
+from guikv_cli.compare_carry_figure import carry_figure
 from guikv_cli.interrupt import saved_work
 from guikv_cli.knobs import config_with_knobs
 from guikv_cli.progress import PlainProgress, status
@@ -310,8 +312,9 @@ def compare_trajectory(
     def ordered() -> list[tuple[Pair, list[dict[str, Any]]]]:
         return [(pair, runs[pair]) for pair in pairs if pair in runs]
 
-    def save(complete: bool = False) -> None:
-        write_json(path, carry_document(comparison, ordered(), complete=complete))
+    def save(complete: bool = False, figures: Sequence[Path] = ()) -> None:
+        document = carry_document(comparison, ordered(), complete=complete, figures=[f.name for f in figures])
+        write_json(path, document)
 
     finished = [len(runs)]
     playing: list[Pair] = []
@@ -348,8 +351,10 @@ def compare_trajectory(
             playing.clear()
             if len(runs[pair]) < len(screenshots):
                 progress.finished(len(screenshots) - len(runs[pair]))
-    save(complete=True)
     shown = ordered()
+    figure = carry_figure(shown, output, max_tokens, changed_knobs(base.to_dict()))
+    figures = [] if figure is None else [figure]
+    save(complete=True, figures=figures)
     tables = [
         summary_table(shown, max_tokens),
         steps_table(shown, max_tokens),
@@ -361,10 +366,10 @@ def compare_trajectory(
     for line in lines:
         console.print(line, highlight=False)
     if html_path is not None:
-        write_html(html_path, f"guikv compare --carry: {options['model']}", [*tables, *lines], [])
+        write_html(html_path, f"guikv compare --carry: {options['model']}", [*tables, *lines], figures)
     console.print(
-        f"{len(screenshots)} steps x {len(pairs)} pairs, carried and re-prefilled; wrote compare.json to "
-        f"{output}",
+        f"{len(screenshots)} steps x {len(pairs)} pairs, carried and re-prefilled; wrote compare.json and "
+        f"{len(figures)} figure(s) to {output}",
         highlight=False,
     )
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from eval_helpers import run_cli
 from PIL import Image
 
 import guikv.carry_fidelity
+import guikv.viz.curves
+from guikv_cli.compare_carry_figure import carry_figure
 
 TASK = "Open the display settings"
 
@@ -81,10 +85,12 @@ def test_carry_compares_every_step_and_the_full_cache_agrees_fully(
     ):
         assert title in result.out
     assert "gui_kv at 0.5%, step 0: not runnable (budget keeps" in result.out
-    assert "3 steps x 3 pairs, carried and re-prefilled; wrote compare.json to" in result.out
-    assert (tmp_path / "r.html").is_file()
+    assert "3 steps x 3 pairs, carried and re-prefilled; wrote compare.json and 1 figure(s) to" in result.out
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 1
     document = json.loads((out / "compare.json").read_text())
     assert document["format"] == "guikv-compare-carry/1" and document["complete"] is True
+    assert document["figures"] == ["carry_per_step.png"]
+    assert np.asarray(Image.open(out / "carry_per_step.png").convert("L"), dtype=float).std() > 10
     assert (document["screenshot_window"], document["max_tokens"]) == (5, None)
     assert document["screenshots"] == [str(path) for path in shots]
     runs = document["runs"]
@@ -205,3 +211,42 @@ def test_a_model_that_cannot_carry_is_one_line_and_exit_2(tmp_path, make_png, mo
         "error: --carry: tiny (opencua) cannot carry its cache from step to step (its forward expands its "
         "image placeholders itself); drop --carry to compare one step"
     ]
+
+
+def figure_row(step: int, agreement: float, carried: int, reprefilled: int, kv_bytes: int) -> dict[str, Any]:
+    """A runnable step row with the fields the figure reads."""
+    return {
+        "step": step,
+        "runnable": True,
+        "token_agreement": agreement,
+        "carried": {"prefilled_tokens": carried, "kv_bytes_kept": kv_bytes},
+        "reprefilled": {"prefilled_tokens": reprefilled},
+    }
+
+
+def test_the_figure_draws_each_pair_per_step_with_the_re_prefill_as_a_guide(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    drawn: list[tuple[Any, str]] = []
+
+    def plot(panels: Any, path: Path, title: str = "") -> Path:
+        drawn.append((panels, title))
+        return path
+
+    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
+    mib = 1024 * 1024
+    full = [figure_row(0, 1.0, 900, 900, 9 * mib), figure_row(1, 1.0, 100, 1000, 10 * mib)]
+    gui_kv = [figure_row(0, 1.0, 900, 900, mib), figure_row(1, 0.5, 100, 1100, mib)]
+    stopped = [{"step": 0, "runnable": False, "reason": "budget keeps 2 tokens"}]
+    runs = [(("full", 100.0), full), (("gui_kv", None), gui_kv), (("snapkv", None), stopped)]
+    assert carry_figure(runs, tmp_path, 64, {"window_size": 4}) == tmp_path / "carry_per_step.png"
+    [(panels, title)] = drawn
+    assert title == "Carried vs re-prefilled, per step · window_size=4 · max_tokens=64"
+    agreement, prefilled, kept = (
+        [(series.label, list(series.points)) for series in panel.series] for panel in panels
+    )
+    assert agreement == [("full 100%", [(0, 100.0), (1, 100.0)]), ("gui_kv 64 tok", [(0, 100.0), (1, 50.0)])]
+    assert prefilled[-1] == ("re-prefilled (mean over pairs)", [(0, 900.0), (1, 1050.0)])
+    assert panels[1].series[-1].guide and all(panel.y_from_zero for panel in panels)
+    assert kept == [("full 100%", [(0, 9.0), (1, 10.0)]), ("gui_kv 64 tok", [(0, 1.0), (1, 1.0)])]
+    assert carry_figure([(("snapkv", None), stopped)], tmp_path, 64, {}) is None
