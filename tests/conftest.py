@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -115,3 +116,18 @@ def make_inputs() -> Callable:
         return processor(text=[text], images=images or None, return_tensors="pt")
 
     return make
+
+
+@pytest.fixture
+def plotted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
+    """Every figure the test draws, as (its panels, its title), instead of a PNG written."""
+    import guikv.viz.curves
+
+    drawn: list[tuple[Any, str]] = []
+
+    def plot(panels: Any, path: Path, title: str = "") -> Path:
+        drawn.append((panels, title))
+        return path
+
+    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
+    return drawn

@@ -348,19 +348,13 @@ def test_a_carried_run_is_its_own_row_and_entry(monkeypatch, capsys, tmp_path: P
     ]
 
 
-def test_a_carried_run_is_a_line_of_its_own_in_the_figures(monkeypatch, tmp_path: Path) -> None:
-    import guikv.viz.curves
+def test_a_carried_run_is_a_line_of_its_own_in_the_figures(
+    plotted: list[tuple[Any, str]], tmp_path: Path
+) -> None:
     from guikv_cli.compare_rundirs import run_figures
 
     write_plain_and_carried(tmp_path)
-    drawn: list[Any] = []
-
-    def plot(panels: Any, path: Path, title: str = "") -> Path:
-        drawn.append(panels)
-        return path
-
-    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
     run_figures(group_runs(find_runs([tmp_path]).finished), tmp_path / "out", None)
-    assert [[series.label for series in panels[0].series] for panels in drawn] == [
+    assert [[series.label for series in panels[0].series] for panels, _ in plotted] == [
         ["gui_kv", "gui_kv carried"]
     ] * 2

@@ -16,7 +16,6 @@ from eval_helpers import run_cli
 from PIL import Image
 
 import guikv.carry_fidelity
-import guikv.viz.curves
 from guikv_cli.compare_carry_figure import carry_figure
 
 TASK = "Open the display settings"
@@ -225,22 +224,15 @@ def figure_row(step: int, agreement: float, carried: int, reprefilled: int, kv_b
 
 
 def test_the_figure_draws_each_pair_per_step_with_the_re_prefill_as_a_guide(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    plotted: list[tuple[Any, str]], tmp_path: Path
 ) -> None:
-    drawn: list[tuple[Any, str]] = []
-
-    def plot(panels: Any, path: Path, title: str = "") -> Path:
-        drawn.append((panels, title))
-        return path
-
-    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
     mib = 1024 * 1024
     full = [figure_row(0, 1.0, 900, 900, 9 * mib), figure_row(1, 1.0, 100, 1000, 10 * mib)]
     gui_kv = [figure_row(0, 1.0, 900, 900, mib), figure_row(1, 0.5, 100, 1100, mib)]
     stopped = [{"step": 0, "runnable": False, "reason": "budget keeps 2 tokens"}]
     runs = [(("full", 100.0), full), (("gui_kv", None), gui_kv), (("snapkv", None), stopped)]
     assert carry_figure(runs, tmp_path, 64, {"window_size": 4}) == tmp_path / "carry_per_step.png"
-    [(panels, title)] = drawn
+    [(panels, title)] = plotted
     assert title == "Carried vs re-prefilled, per step · window_size=4 · max_tokens=64"
     agreement, prefilled, kept = (
         [(series.label, list(series.points)) for series in panel.series] for panel in panels

@@ -75,7 +75,7 @@ def test_points_with_a_standard_error_get_an_error_bar_of_that_size():
 
 
 def test_the_accuracy_figures_bar_each_run_with_its_standard_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    plotted: list[tuple[Any, str]], tmp_path: Path
 ):
     from benchmarks.finished_runs import group_runs
     from guikv_cli.compare_rundirs import run_figures
@@ -83,14 +83,8 @@ def test_the_accuracy_figures_bar_each_run_with_its_standard_error(
     write_run(tmp_path, "gui_kv", 10, 0.5)
     write_run(tmp_path / "b", "gui_kv", 20, 0.6, metrics={"overall_score": 0.6})  # no error stored
     write_run(tmp_path / "c", "full", 100, 0.7, metrics={"overall_score": 0.7, "overall_score_stderr": 0.03})
-    drawn: list[Any] = []
-
-    def plot(panels: Any, path: Path, title: str = "") -> Path:
-        drawn.append(panels)
-        return path
-
-    monkeypatch.setattr(guikv.viz.curves, "plot_panels", plot)
     run_figures(group_runs(find_runs([tmp_path]).finished), tmp_path / "out", None)
+    drawn = [panels for panels, _ in plotted]
     for [panel] in drawn:
         [series] = [series for series in panel.series if series.label == "gui_kv"]
         assert series.errors == [pytest.approx(2.0), None]
