@@ -61,8 +61,8 @@ class Series:
 class Panel:
     """One subplot: a title, axis labels, series, and horizontal reference lines (label, y, standard
     error or None: a band of ± that error is shaded), e.g. the full cache's accuracy on an
-    accuracy-vs-budget plot. `log_x` and `log_y` use log scales
-    (points with y <= 0 cannot be drawn on a log y axis and are left out); `x_ticks` labels exactly
+    accuracy-vs-budget plot. `log_x` and `log_y` use log scales (points with y <= 0 cannot be
+    drawn on a log y axis and are left out); `x_ticks` labels exactly
     those x values. `dodge` spreads the series a little along x around their true x, so that
     methods with equal values stay visible side by side instead of one hiding the other (every
     series also has its own marker, drawn open, and line style); `y_from_zero` starts the y axis at
