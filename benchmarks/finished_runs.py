@@ -102,11 +102,12 @@ class EvalRun:
         return self.method in ("full", ORACLE)
 
     @property
-    def sort_key(self) -> tuple[str, int, bool, float, str]:
+    def sort_key(self) -> tuple[str, int, bool, int, float, str]:
         """Model, then methods in `METHODS` order (the oracle last), re-prefilled before carried,
-        then budget."""
+        then budget; carried runs cut to a fixed token count after those by budget, by count."""
         order = METHODS.index(self.method) if self.method in METHODS else len(METHODS)
-        return (str(self.summary["model"]), order, self.carried, self.budget, self.path.name)
+        fixed = -1 if self.max_tokens is None else self.max_tokens
+        return (str(self.summary["model"]), order, self.carried, fixed, self.budget, self.path.name)
 
     def metric(self, name: str) -> float | None:
         """A summary metric as a float (None when absent or not a number)."""

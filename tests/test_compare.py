@@ -358,3 +358,22 @@ def test_a_carried_run_is_a_line_of_its_own_in_the_figures(
     assert [[series.label for series in panels[0].series] for panels, _ in plotted] == [
         ["gui_kv", "gui_kv carried"]
     ] * 2
+
+
+def test_carried_runs_cut_to_fixed_token_counts_follow_those_by_budget(tmp_path: Path) -> None:
+    carried = {"method": "gui_kv", "window_size": 8, "carry": True}
+    for name, budget, max_tokens in (("a", 20, 64), ("b", 10, None), ("c", 5, 512), ("d", 40, None)):
+        config = {**carried, "budget": None if max_tokens else budget, "max_tokens": max_tokens}
+        summary_path = write_run(tmp_path / name, "gui_kv", budget, 0.4, config=config) / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary_path.write_text(json.dumps({**summary, "budget": config["budget"]}))  # as eval writes it
+    write_run(tmp_path / "plain", "gui_kv", 20, 0.5)
+    runs = group_runs(find_runs([tmp_path]).finished)["agentnetbench"]
+    assert [(run.label, run.capacity) for run in runs] == [
+        ("gui_kv", "20"),
+        ("gui_kv carried", "10"),
+        ("gui_kv carried", "40"),
+        ("gui_kv carried", "64 tok"),
+        ("gui_kv carried", "512 tok"),
+    ]
+    assert [run.budget for run in runs][-2:] == [pytest.approx(20), pytest.approx(5)]  # the share each kept
