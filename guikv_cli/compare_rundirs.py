@@ -129,9 +129,10 @@ def _error_in_percent(run: EvalRun, column: str) -> float | None:
 
 
 def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | None) -> list[Path]:
-    """Accuracy (%) vs budget and accuracy vs kept KV memory, one panel per benchmark, each point
-    with a ± standard-error bar; full-cache and oracle runs are dashed lines on the first (a shaded
-    band of ± their standard error), full-cache runs a single point on the second."""
+    """Accuracy (%, from 0) vs budget and accuracy vs kept KV memory, one panel per benchmark, each
+    point with a ± standard-error bar; on the first, lines are spread a little along x (so equal
+    ones and their bars stay visible) and full-cache and oracle runs are dashed lines (a shaded
+    band of ± their standard error); full-cache runs are a single point on the second."""
     from guikv.viz.curves import Panel, Series, plot_panels
 
     by_budget, by_memory = [], []
@@ -177,10 +178,19 @@ def run_figures(groups: dict[str, list[EvalRun]], output: Path, metric: str | No
                 references,
                 log_x=True,
                 x_ticks=budgets,
+                dodge=True,
+                y_from_zero=True,
             )
         )
         by_memory.append(
-            Panel(title, "KV cache kept (MiB, mean per sample)", f"{column} (%)", memory_series, log_x=True)
+            Panel(
+                title,
+                "KV cache kept (MiB, mean per sample)",
+                f"{column} (%)",
+                memory_series,
+                log_x=True,
+                y_from_zero=True,
+            )
         )
     if not by_budget:
         return []

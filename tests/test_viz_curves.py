@@ -85,6 +85,7 @@ def test_the_accuracy_figures_bar_each_run_with_its_standard_error(
     write_run(tmp_path / "c", "full", 100, 0.7, metrics={"overall_score": 0.7, "overall_score_stderr": 0.03})
     run_figures(group_runs(find_runs([tmp_path]).finished), tmp_path / "out", None)
     drawn = [panels for panels, _ in plotted]
+    assert drawn[0][0].dodge and all(panels[0].y_from_zero for panels in drawn)  # accuracy from 0%
     for [panel] in drawn:
         [series] = [series for series in panel.series if series.label == "gui_kv"]
         assert series.errors == [pytest.approx(2.0), None]
