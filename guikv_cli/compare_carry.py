@@ -24,16 +24,10 @@ from guikv_cli.compare_carry_figure import carry_figure
 from guikv_cli.interrupt import saved_work
 from guikv_cli.knobs import config_with_knobs
 from guikv_cli.progress import PlainProgress, status
-from guikv_cli.report import compact_table, mib, percent, print_tables, write_html
+from guikv_cli.report import capacity, compact_table, mib, percent, print_tables, write_html
 from guikv_cli.screenshots import resolve_family
 
 Pair = tuple[str, float | None]
-
-
-def _budget(pair: Pair, max_tokens: int | None) -> str:
-    """A pair's capacity as a cell: `10%`, or `2048 tok` when `--max-tokens` sets it."""
-    budget = pair[1]
-    return f"{max_tokens} tok" if budget is None else f"{budget:g}%"
 
 
 def _both(row: dict[str, Any], key: str, show: Callable[[Any], str]) -> str:
@@ -70,7 +64,7 @@ def steps_table(runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], max_token
     table = compact_table("Carried vs re-prefilled, per step", headers)
     for pair, rows in runs:
         for row in rows:
-            cells = [pair[0], _budget(pair, max_tokens), str(row["step"])]
+            cells = [pair[0], capacity(pair[1], max_tokens), str(row["step"])]
             if not row["runnable"]:
                 table.add_row(*cells, "[yellow]not runnable[/]", *["—"] * 5)
                 continue
@@ -104,7 +98,7 @@ def full_cache_table(runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], max_
                 continue
             table.add_row(
                 pair[0],
-                _budget(pair, max_tokens),
+                capacity(pair[1], max_tokens),
                 str(row["step"]),
                 _both(row, "token_agreement_vs_full", percent),
                 _both(row, "kl_first_decode_step_vs_full", _kl),
@@ -133,7 +127,7 @@ def costs_table(runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], max_token
                 continue
             table.add_row(
                 pair[0],
-                _budget(pair, max_tokens),
+                capacity(pair[1], max_tokens),
                 str(row["step"]),
                 _both(row, "prefilled_tokens", str),
                 _both(row, "kept_tokens", lambda kept: f"{kept:.0f}"),
@@ -164,7 +158,7 @@ def summary_table(runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], max_tok
         summary = pair_summary(rows)
         table.add_row(
             pair[0],
-            _budget(pair, max_tokens),
+            capacity(pair[1], max_tokens),
             str(summary["steps"]),
             percent(summary["token_agreement"]),
             percent(summary["exact_match"]),
@@ -192,7 +186,7 @@ def notes(runs: Sequence[tuple[Pair, Sequence[dict[str, Any]]]], max_tokens: int
         "same capacity; full cache: that prompt uncompressed (the reference of oracle recall)"
     ]
     for pair, rows in runs:
-        label = f"{pair[0]} at {_budget(pair, max_tokens)}"
+        label = f"{pair[0]} at {capacity(pair[1], max_tokens)}"
         undefined = [row for row in rows if row["runnable"] and row["oracle_recall_reason"]]
         if undefined:
             steps = ", ".join(str(row["step"]) for row in undefined)
@@ -227,7 +221,7 @@ class _StepProgress:
     def start(self, pair: Pair) -> Callable[[int, str], None]:
         """A pair's trajectory starts; returns the callback its steps report their runs to."""
         self.pair_index += 1
-        self.label = f"pair {self.pair_index}/{self.pairs}: {pair[0]} at {_budget(pair, self.max_tokens)}"
+        self.label = f"pair {self.pair_index}/{self.pairs}: {pair[0]} at {capacity(pair[1], self.max_tokens)}"
         return self.running
 
     def running(self, step: int, run: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guikv_cli.report import MIB, knobs_text
+from guikv_cli.report import MIB, capacity, knobs_text
 
 if TYPE_CHECKING:
     from benchmarks.carry_fidelity import Pair
@@ -18,12 +18,6 @@ if TYPE_CHECKING:
 FIGURE_NAME = "carry_per_step.png"
 
 Row = dict[str, Any]
-
-
-def pair_label(pair: Pair, max_tokens: int | None) -> str:
-    """A pair as a legend names it: `gui_kv 10%`, or `gui_kv 2048 tok` when `--max-tokens` sets it."""
-    method, budget = pair
-    return f"{method} {max_tokens} tok" if budget is None else f"{method} {budget:g}%"
 
 
 def _per_step(rows: Sequence[Row], value: Callable[[Row], float]) -> list[tuple[float, float | None]]:
@@ -61,7 +55,8 @@ def carry_figure(
         return None
     agreement, prefilled, kept = [], [], []
     for pair, rows in ran:
-        label, method = pair_label(pair, max_tokens), pair[0]
+        method = pair[0]
+        label = f"{method} {capacity(pair[1], max_tokens)}"
         agreement.append(Series(label, _per_step(rows, lambda row: 100 * row["token_agreement"]), method))
         prefilled.append(
             Series(label, _per_step(rows, lambda row: row["carried"]["prefilled_tokens"]), method)
@@ -101,6 +96,6 @@ def carry_figure(
             y_from_zero=True,
         ),
     ]
-    capacity = f" · max_tokens={max_tokens}" if max_tokens is not None else ""
-    title = f"Carried vs re-prefilled, per step{knobs_text(knobs)}{capacity}"
+    fixed_count = f" · max_tokens={max_tokens}" if max_tokens is not None else ""
+    title = f"Carried vs re-prefilled, per step{knobs_text(knobs)}{fixed_count}"
     return plot_panels(panels, output / FIGURE_NAME, title)

@@ -28,6 +28,7 @@ from guikv.config import changed_knobs
 from guikv.errors import UserInputError
 from guikv_cli.report import (
     MIB,
+    capacity,
     compact_table,
     knobs_text,
     metric_cell,
@@ -247,9 +248,9 @@ def skipped_line(run: UnfinishedRun) -> str:
     )
 
 
-def _capacity_words(run: EvalRun) -> str:
-    """A run's capacity in a sentence: `10%`, or `1024 tokens` for a fixed count."""
-    return f"{run.budget:g}%" if run.max_tokens is None else f"{run.max_tokens} tokens"
+def _named(run: EvalRun) -> str:
+    """A run in a sentence: its label and capacity (`gui_kv 10%`, `gui_kv carried 1024 tok`)."""
+    return f"{run.label} {capacity(None if run.max_tokens is not None else run.budget, run.max_tokens)}"
 
 
 def mixed_samples_line(benchmark: str, runs: Sequence[EvalRun]) -> str | None:
@@ -258,8 +259,7 @@ def mixed_samples_line(benchmark: str, runs: Sequence[EvalRun]) -> str | None:
     if len(sets) < 2:
         return None
     described = "; ".join(
-        f"{samples.describe()} ({', '.join(f'{run.label} {_capacity_words(run)}' for run in members)})"
-        for samples, members in sets.items()
+        f"{samples.describe()} ({', '.join(map(_named, members))})" for samples, members in sets.items()
     )
     return (
         f"warning: {benchmark}: the runs are over different samples, so their numbers are not "

@@ -125,6 +125,12 @@ def mib(value: float | None) -> str:
     return f"{mebibytes:.2f}" if mebibytes < 10 else f"{mebibytes:.0f}"
 
 
+def capacity(budget: float | None, max_tokens: int | None) -> str:
+    """A capacity in words: the budget (`10%`), or with no budget the fixed count per layer that
+    `--max-tokens` set (`2048 tok`)."""
+    return f"{max_tokens} tok" if budget is None else f"{budget:g}%"
+
+
 def knobs_text(knobs: Mapping[str, Any]) -> str:
     """Compression knobs set away from their defaults as a title suffix (` · window_size=4,
     st_lite_variant=paper`), empty when there are none."""
